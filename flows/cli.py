@@ -1,0 +1,46 @@
+"""The `charflow` command line: a typer app over the library functions.
+
+Each command group lives in its own module and registers itself here; user errors from
+the library (TrainingError, IngestError) become one line on stderr and exit status 1.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from flows import cli_corpus, cli_scratch, cli_train
+from scrapers.errors import IngestError
+from training.errors import TrainingError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="charflow: corpora -> character-level language models, tracked in MLflow.",
+)
+for module in (cli_train, cli_corpus, cli_scratch):
+    module.register(app)
+
+USER_ERRORS = (TrainingError, IngestError, FileNotFoundError)
+
+
+def main() -> None:
+    try:
+        app(standalone_mode=False)
+    except USER_ERRORS as err:
+        print(f"charflow: error: {err}", file=sys.stderr)
+        sys.exit(1)
+    except typer.Abort:
+        sys.exit(130)
+    except Exception as err:  # click's usage errors carry their own exit code
+        import click
+
+        if isinstance(err, click.ClickException):
+            err.show()
+            sys.exit(err.exit_code)
+        raise
+
+
+if __name__ == "__main__":
+    main()
