@@ -43,12 +43,13 @@ def main(argv: list[str]) -> int:
         module = importlib.import_module(f"benchmarks.{name}")
         for row in module.run():
             rows.append({"module": name, **row})
-            print("   " + "  ".join(f"{k}={fmt(row.get(k))}" for k in COLUMNS if row.get(k) is not None))
+            shown = (f"{k}={fmt(row.get(k))}" for k in COLUMNS if row.get(k) is not None)
+            print("   " + "  ".join(shown))
         print(f"   ({time.perf_counter() - start:.0f} s)", flush=True)
     out = HERE / "results" / "latest.json"
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(rows, indent=2, default=str))
-    widths = [max(len(c), *(len(fmt(r.get(c))) for r in rows)) for c in COLUMNS] if rows else []
+    widths = [max([len(c)] + [len(fmt(r.get(c))) for r in rows]) for c in COLUMNS]
     print("\n" + "  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
     for r in rows:
         print("  ".join(fmt(r.get(c)).ljust(w) for c, w in zip(COLUMNS, widths, strict=True)))
