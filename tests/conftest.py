@@ -7,6 +7,9 @@ from pathlib import Path
 
 import pytest
 
+# Session fixtures shared across test modules.
+pytest_plugins = ["tests.prefect_fixtures"]
+
 # Nothing the tests start phones home.
 os.environ.setdefault("DO_NOT_TRACK", "true")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")

@@ -1,0 +1,51 @@
+"""A real Prefect stack for the flow tests: one server on a free loopback port with its own
+PREFECT_HOME and SQLite database under a temporary folder, plus a process worker on the
+`charflow` work pool. Started once per session, shared by every flow test, stopped at
+the end with `flows.services.down` (the same code `make down` runs)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Iterator
+
+import pytest
+
+from flows.services import Stack, down, up
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Prefect server + worker; data/, mlruns/ and .run/ live in a fresh CHARFLOW_HOME."""
+    stack = Stack(
+        home=tmp_path_factory.mktemp("charflow-home"),
+        prefect_port=free_port(),
+        mlflow_port=free_port(),  # nothing listens there; it only shapes MLflow run links
+        worker_poll_seconds=1.0,
+        extra_env={"PREFECT_SERVER_UI_ENABLED": "false"},
+    )
+    try:
+        up(stack, with_mlflow=False)
+        yield stack
+    finally:
+        down(stack)
+
+
+@pytest.fixture
+def prefect_env(prefect_stack: Stack, monkeypatch: pytest.MonkeyPatch) -> Iterator[Stack]:
+    """Point this test process at the stack: Prefect client, CHARFLOW_HOME, MLflow store."""
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME, temporary_settings
+
+    for key, value in prefect_stack.client_env().items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", prefect_stack.tracking_uri)
+    updates = {PREFECT_API_URL: prefect_stack.api_url, PREFECT_HOME: prefect_stack.prefect_home}
+    with temporary_settings(updates=updates):
+        assert os.environ["PREFECT_API_URL"] == prefect_stack.api_url
+        yield prefect_stack
