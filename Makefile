@@ -9,7 +9,7 @@ export DO_NOT_TRACK := true
 export PREFECT_SERVER_ANALYTICS_ENABLED := false
 export MLFLOW_DISABLE_TELEMETRY := true
 
-.PHONY: venv test lint format bench demo
+.PHONY: venv test lint format bench demo services deploy down
 
 venv: $(STAMP)
 
@@ -33,6 +33,31 @@ test: venv lint
 bench: venv
 	$(PY) -m benchmarks
 
-demo: venv
-	$(VENV)/bin/charflow train ../shared/corpora/tinyshakespeare/input.txt --corpus tinyshakespeare --preset cpu-small --max-seconds 60
-	@echo "MLflow UI: $(VENV)/bin/mlflow ui --backend-store-uri sqlite:///mlruns/mlflow.db --host 127.0.0.1 --port 5000"
+# The main job on a local stack: Prefect server + process worker + MLflow UI on loopback,
+# state under .run/ (docs/readme/flows.md). `MIRROR=DIR make demo` reads every source from
+# DIR served over loopback HTTP; kubernetes-go has no page mirror and reads GO_TREE instead.
+PREFECT_PORT ?= 4200
+MLFLOW_PORT ?= 5000
+MIRROR_PORT ?= 8765
+GO_TREE ?= /usr/share/gocode/src/k8s.io/utils
+STACK := CHARFLOW_HOME=$(CURDIR) CHARFLOW_PROJECT_DIR=$(CURDIR) \
+	PREFECT_HOME=$(CURDIR)/.run/prefect PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) MIRROR_PORT=$(MIRROR_PORT)
+DEMO_PARAMS := $(if $(MIRROR),--param mirror=http://127.0.0.1:$(MIRROR_PORT) \
+	--param 'sources={"kubernetes-go": "$(GO_TREE)"}')
+
+services: venv
+	$(STACK) $(PY) -m flows.services up $(if $(MIRROR),--mirror $(MIRROR))
+
+# Work pool `charflow` and per-host rate limits, then every deployment in prefect.yaml.
+deploy: services
+	$(STACK) $(PY) -m flows.deploy --no-deploy
+	$(STACK) $(VENV)/bin/prefect --no-prompt deploy --all
+
+demo: deploy
+	$(STACK) $(VENV)/bin/prefect deployment run 'pipeline/demo' --watch $(DEMO_PARAMS)
+	@$(STACK) $(PY) -m flows.services urls
+
+# Stops exactly the processes `make services` started (pid files under .run/).
+down:
+	@if test -x $(PY); then $(STACK) $(PY) -m flows.services down; fi

@@ -7,7 +7,7 @@ files it finds, and only after checking that the pid still runs the recorded com
 (pids get reused). Everything binds to 127.0.0.1 and nothing phones home.
 
     python -m flows.services up [--mirror DIR]    # or: charflow services up
-    python -m flows.services status
+    python -m flows.services status | urls
     python -m flows.services down
 """
 
@@ -389,7 +389,7 @@ def status(stack: Stack) -> dict[str, dict | None]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flows.services", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "env"])
+    parser.add_argument("command", choices=["up", "down", "status", "urls", "env"])
     parser.add_argument("--mirror", help="serve this folder over loopback HTTP as well")
     parser.add_argument("--no-mlflow", action="store_true", help="do not start the MLflow UI")
     args = parser.parse_args(argv)
@@ -402,6 +402,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{what}: {url}")
         elif args.command == "down":
             down(stack)
+        elif args.command == "urls":
+            for what, url in addresses(stack).items():
+                print(f"{what}: {url}")
         elif args.command == "status":
             for name, record in status(stack).items():
                 print(f"{name}: " + (f"running (pid {record['pid']})" if record else "stopped"))
