@@ -27,7 +27,9 @@ USER_ERRORS = (TrainingError, IngestError, FileNotFoundError)
 
 def main() -> None:
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
+        if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here
+            sys.exit(code)
     except USER_ERRORS as err:
         print(f"charflow: error: {err}", file=sys.stderr)
         sys.exit(1)
