@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,9 +112,12 @@ def ingest(
     options: dict | None = None,
     fetcher: Fetcher | None = None,
     progress: bool | None = None,
+    raw_items: Iterable[RawItem | Skipped] | None = None,
 ) -> IngestResult:
     """Build data_dir/name/ from source (default: the spec's). Atomic: on any error the
-    previous corpus stays as it was. `limit` caps the number of documents."""
+    previous corpus stays as it was. `limit` caps the number of documents. `raw_items`,
+    if given, replaces the spec's gather step (items a caller already fetched, e.g. in a
+    Prefect task that retries the network part on its own)."""
     spec = get_corpus(name)
     opts = resolve_options(spec, options)
     source = source or spec.default_source
@@ -137,7 +141,7 @@ def ingest(
     fetched = 0
     try:
         with CorpusWriter(corpus_dir) as writer:
-            items = spec.gather(ctx)
+            items = spec.gather(ctx) if raw_items is None else iter(raw_items)
             try:
                 for item in items:
                     if isinstance(item, Skipped):
