@@ -123,7 +123,7 @@ def format_table(rows: list[CheckRow]) -> str:
     ]
     widths = [max(len(c[i]) for c in [header, *cells]) for i in range(len(header))]
     lines = [
-        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True))
+        "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
         for line in [header, *cells]
     ]
     lines.insert(1, "  ".join("-" * w for w in widths))
