@@ -1,7 +1,135 @@
-"""Commands registered on the charflow app (filled in by the issue that owns them)."""
+"""`charflow train` and `charflow sample`: thin commands over training/ (torch loads lazily)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
 
 import typer
 
+from training.errors import TrainingError
+
+
+def corpus_defaults(name: str) -> dict:
+    """Training defaults for a corpus: built-in ones, then the corpus module's own."""
+    from scrapers.errors import IngestError
+    from scrapers.registry import get_corpus
+    from training.config import CORPUS_DEFAULTS
+
+    try:
+        registered = get_corpus(name).training_defaults
+    except IngestError:  # not a registered corpus: a plain file or folder
+        registered = {}
+    return {**CORPUS_DEFAULTS.get(name, {}), **registered}
+
+
+def train(
+    source: Path = typer.Argument(..., help="corpus folder (data/NAME) or UTF-8 text file"),
+    corpus: str | None = typer.Option(None, help="corpus name (default: folder name/file stem)"),
+    preset: str | None = typer.Option(None, help="cpu-small (default), tiny or gpu"),
+    model: str | None = typer.Option(None, help="rnn, gru or lstm"),
+    layers: int | None = typer.Option(None, help="recurrent layers"),
+    hidden: int | None = typer.Option(None, help="hidden size"),
+    emb: int | None = typer.Option(None, help="embedding size"),
+    dropout: float | None = typer.Option(None),
+    batch_size: int | None = typer.Option(None, help="parallel streams per step"),
+    seq_len: int | None = typer.Option(None, help="BPTT chunk length"),
+    lr: float | None = typer.Option(None, help="peak learning rate"),
+    warmup_steps: int | None = typer.Option(None),
+    max_steps: int | None = typer.Option(None),
+    max_seconds: float | None = typer.Option(None, help="training time budget (all resumes)"),
+    eval_every: int | None = typer.Option(None, help="steps between evaluations"),
+    patience: int | None = typer.Option(None, help="evaluations without progress; 0 = off"),
+    val_fraction: float | None = typer.Option(None),
+    test_fraction: float | None = typer.Option(None),
+    seed: int | None = typer.Option(None),
+    device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps"),
+    resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    track: bool = typer.Option(True, "--track/--no-track", help="log to MLflow"),
+    out: Path | None = typer.Option(None, help="checkpoint folder (default checkpoints/CORPUS)"),
+    progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+) -> None:
+    """Train a character-level model; checkpoints best.pt and last.pt go to OUT."""
+    from training.config import build_config
+    from training.data import corpus_name
+    from training.loop import default_out_dir, resume_config
+    from training.loop import train as run_training
+
+    name = corpus or corpus_name(source)
+    out_dir = out or default_out_dir(name)
+    overrides = dict(
+        model=model,
+        num_layers=layers,
+        hidden_size=hidden,
+        emb_size=emb,
+        dropout=dropout,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        lr=lr,
+        warmup_steps=warmup_steps,
+        max_steps=max_steps,
+        max_seconds=max_seconds,
+        eval_every=eval_every,
+        patience=patience,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        device=device,
+    )
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if resume:
+        if preset is not None:
+            raise TrainingError("--preset does not combine with --resume (the run keeps its own)")
+        cfg = resume_config(out_dir).replace(**overrides)
+    else:
+        cfg = build_config(preset or "cpu-small", corpus_defaults(name), **overrides)
+    result = run_training(
+        cfg, source, corpus=name, out_dir=out_dir, resume=resume, track=track, progress=progress
+    )
+    typer.echo(
+        f"best val loss {result.best_val_loss:.4f} nats/char "
+        f"({result.best_val_loss / math.log(2):.3f} bits/char), "
+        f"test {result.test_loss:.4f}, {result.steps} steps ({result.stopped_because})"
+    )
+    typer.echo(f"checkpoints: {result.best_checkpoint} {result.last_checkpoint}")
+    if result.run_id:
+        typer.echo(
+            f"MLflow run {result.run_id}; model version {result.model_version} "
+            f"({result.champion_reason})"
+        )
+
+
+def sample(
+    checkpoint: Path | None = typer.Option(None, help="checkpoint file (best.pt / last.pt)"),
+    model_uri: str | None = typer.Option(
+        None, help="MLflow model, e.g. models:/charflow-X@champion"
+    ),
+    length: int = typer.Option(500, help="characters to generate"),
+    temperature: float = typer.Option(1.0, help="0 = always the most likely character"),
+    top_k: int | None = typer.Option(None, help="sample among the K most likely characters"),
+    prime: str = typer.Option("", help="text to start from (printed first)"),
+    seed: int | None = typer.Option(None, help="same seed, same text"),
+    device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps"),
+) -> None:
+    """Stream sampled text to stdout, one character at a time."""
+    from training.sample import check_sampling, generate, load_sampler
+
+    check_sampling(length, temperature, top_k)
+    model, vocab = load_sampler(checkpoint, model_uri, device)
+    chars = generate(
+        model, vocab, length=length, prime=prime, temperature=temperature, top_k=top_k, seed=seed
+    )
+    first = next(chars, "")  # an unknown prime character fails here, before any output
+    out = sys.stdout
+    out.write(prime + first)
+    out.flush()
+    for ch in chars:
+        out.write(ch)
+        out.flush()
+    out.write("\n")
+
 
 def register(app: typer.Typer) -> None:
-    pass
+    app.command()(train)
+    app.command()(sample)

@@ -11,6 +11,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from training.errors import TrainingError
+from training.models import MODEL_TYPES
+
 
 @dataclass
 class TrainConfig:
@@ -30,6 +33,9 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     lr_decay: str = "cosine"  # "cosine" | "linear" | "constant"
+    # Steps over which the rate decays (None: max_steps). With max_seconds set, the decay
+    # follows whichever runs out first, steps or time, so a time-boxed run still anneals.
+    lr_decay_steps: int | None = None
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     # schedule
@@ -49,8 +55,45 @@ class TrainConfig:
     def replace(self, **overrides: Any) -> TrainConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}
         if unknown:
-            raise ValueError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
+            raise TrainingError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **overrides)
+
+    def validate(self) -> TrainConfig:
+        """Reject settings the trainer cannot run, with one line naming the setting."""
+        if self.model not in MODEL_TYPES:
+            raise TrainingError(
+                f"unknown model type {self.model!r}; choose one of {', '.join(MODEL_TYPES)}"
+            )
+        if self.lr_decay not in LR_DECAYS:
+            raise TrainingError(
+                f"unknown lr_decay {self.lr_decay!r}; choose one of {', '.join(LR_DECAYS)}"
+            )
+        positive = ("emb_size", "hidden_size", "num_layers", "batch_size", "seq_len")
+        positive += ("max_steps", "eval_every")
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise TrainingError(f"{name} must be at least 1, not {getattr(self, name)}")
+        checks = {
+            "dropout": 0 <= self.dropout < 1,
+            "lr": self.lr > 0,
+            "weight_decay": self.weight_decay >= 0,
+            "warmup_steps": self.warmup_steps >= 0,
+            "min_lr_ratio": 0 <= self.min_lr_ratio <= 1,
+            "grad_clip": self.grad_clip >= 0,
+            "patience": self.patience >= 0,
+            "sample_chars": self.sample_chars >= 0,
+            "max_seconds": self.max_seconds is None or self.max_seconds > 0,
+            "lr_decay_steps": self.lr_decay_steps is None or self.lr_decay_steps >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise TrainingError(f"{name} = {getattr(self, name)} is out of range")
+        return self
+
+
+LR_DECAYS = ("cosine", "linear", "constant")
+# Settings that may change when a run resumes (they steer the run, not the math).
+RESUMABLE = ("max_steps", "max_seconds", "eval_every", "patience", "sample_chars", "device")
 
 
 PRESETS: dict[str, dict[str, Any]] = {
@@ -84,13 +127,20 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Defaults for corpora that have no module in scrapers/ (those carry their own
+# `training_defaults`). tiny-shakespeare keeps its last 10% as val, like published results.
+CORPUS_DEFAULTS: dict[str, dict[str, Any]] = {
+    "tinyshakespeare": dict(val_fraction=0.1, test_fraction=0.0),
+}
+
+
 def build_config(
     preset: str = "cpu-small",
     corpus_defaults: dict[str, Any] | None = None,
     **overrides: Any,
 ) -> TrainConfig:
     if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
+        raise TrainingError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     cfg = TrainConfig().replace(**PRESETS[preset])
     cfg = cfg.replace(**(corpus_defaults or {}))
     return cfg.replace(**{k: v for k, v in overrides.items() if v is not None})

@@ -1,0 +1,115 @@
+"""Checkpoints: one dict of tensors and plain values (str, int, float, bool, None, lists,
+dicts), so `torch.load(path, weights_only=True)` reads it without running any pickled code.
+
+Keys (format "charflow-checkpoint", version 1):
+    model, optimizer        state dicts
+    config                  TrainConfig fields
+    vocab                   list of single-character strings; id = index
+    corpus, corpus_digest   the corpus name and the sha256 of its text
+    step, epoch, data_pos   optimizer steps taken; pass over the train split; offset of the
+                            next chunk inside each of the batch_size streams
+    elapsed_seconds, lr     training time so far and the current learning rate (the schedule
+                            is a pure function of step and elapsed time, so it has no state)
+    state                   the recurrent state carried into the next chunk: list of
+                            (layers, batch, hidden) tensors ([h] or [h, c]), or None
+    best_val_loss, best_step, bad_evals   early stopping
+    history                 [{step, train_loss, val_loss, ...}] one row per evaluation
+    rng                     torch / cuda / numpy / python generator states
+    param_count             number of model parameters
+"""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from training.config import TrainConfig
+from training.errors import TrainingError
+from training.models import CharModel
+
+FORMAT = "charflow-checkpoint"
+VERSION = 1
+
+
+def save_checkpoint(path: Path, payload: dict) -> None:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise TrainingError(f"no such checkpoint: {path}")
+    try:
+        ckpt = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as err:  # zip, pickle and allowlist errors all mean "not ours / damaged"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise TrainingError(f"{path} is not a readable checkpoint ({reason[:120]})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("format") != FORMAT:
+        raise TrainingError(f"{path} is not a charflow checkpoint")
+    if ckpt.get("version") != VERSION:
+        raise TrainingError(f"{path} has checkpoint version {ckpt.get('version')}; need {VERSION}")
+    return ckpt
+
+
+def checkpoint_config(ckpt: dict) -> TrainConfig:
+    try:
+        return TrainConfig().replace(**ckpt["config"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise TrainingError(f"checkpoint config does not match this version: {err}") from None
+
+
+def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> CharModel:
+    cfg = checkpoint_config(ckpt)
+    model = build_model(cfg, len(ckpt["vocab"]))
+    try:
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, RuntimeError) as err:
+        first = str(err).strip().splitlines()[0]
+        raise TrainingError(f"checkpoint weights do not fit its config: {first[:160]}") from None
+    return model.to(device)
+
+
+def build_model(cfg: TrainConfig, vocab_size: int) -> CharModel:
+    return CharModel(
+        vocab_size,
+        model_type=cfg.model,
+        emb_size=cfg.emb_size,
+        hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers,
+        dropout=cfg.dropout,
+    )
+
+
+def rng_state() -> dict:
+    np_state = np.random.get_state()
+    py_state = random.getstate()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": {
+            "keys": torch.from_numpy(np_state[1].astype(np.int64)),
+            "pos": int(np_state[2]),
+            "has_gauss": int(np_state[3]),
+            "gauss": float(np_state[4]),
+        },
+        "python": {"version": py_state[0], "state": list(py_state[1]), "gauss": py_state[2]},
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"].cpu())
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all([s.cpu() for s in state["cuda"]])
+    n = state["numpy"]
+    keys = n["keys"].numpy().astype(np.uint32)
+    np.random.set_state(("MT19937", keys, n["pos"], n["has_gauss"], n["gauss"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
