@@ -61,3 +61,27 @@ demo: deploy
 # Stops exactly the processes `make services` started (pid files under .run/).
 down:
 	@if test -x $(PY); then $(STACK) $(PY) -m flows.services down; fi
+
+# MLflow and Prefect servers on PostgreSQL (docs/readme/scaling.md). `make pg-up` starts a
+# throwaway cluster on loopback (data in PG_DIR) and prints its URLs; `make mlflow-server` and
+# `make prefect-server-pg` run each server on it in the foreground (Ctrl-C stops); clients
+# need only MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) or PREFECT_API_URL.
+# MLFLOW_ARTIFACTS=s3://bucket/path (+ MLFLOW_S3_ENDPOINT_URL for MinIO) keeps artifacts in S3.
+PG_DIR ?= $(CURDIR)/.run/postgres
+PG_PORT ?= 5433
+MLFLOW_ARTIFACTS ?= $(CURDIR)/.run/mlflow-artifacts
+PG := PG_DIR=$(PG_DIR) PG_PORT=$(PG_PORT) PYTHON=$(CURDIR)/$(PY) bash scripts/postgres.sh
+
+.PHONY: pg-up pg-down mlflow-server prefect-server-pg
+
+pg-up:
+	@$(PG) up
+
+pg-down:
+	@$(PG) down
+
+mlflow-server: venv pg-up
+	MLFLOW_PORT=$(MLFLOW_PORT) MLFLOW_ARTIFACTS=$(MLFLOW_ARTIFACTS) $(PG) mlflow-server
+
+prefect-server-pg: venv pg-up
+	PREFECT_PORT=$(PREFECT_PORT) PREFECT_HOME=$(CURDIR)/.run/prefect-pg $(PG) prefect-server
