@@ -17,20 +17,9 @@ from bs4 import BeautifulSoup, Tag
 from cleaners.encoding import decode_bytes
 from cleaners.html_text import WHITESPACE, escape_raw_text, html_to_text
 
-MONTHS = [
-    "January",
-    "February",
-    "March",
-    "April",
-    "May",
-    "June",
-    "July",
-    "August",
-    "September",
-    "October",
-    "November",
-    "December",
-]
+MONTHS = (  # noqa: SIM905
+    "January February March April May June July August September October November December"
+).split()
 # "February 2009", "April 2001, rev. April 2003", "Summer 2005" never occurs; some give a year.
 DATE_LINE = re.compile(rf"^(?:(?:{'|'.join(MONTHS)})\s+)?(?:19|20)\d\d\b")
 DATE_SEARCH_LINES = 8  # the date is the first line, after at most a short note

@@ -22,57 +22,12 @@ from bs4 import NavigableString, Tag
 from bs4.element import PreformattedString
 
 BLOCK_TAGS = frozenset(
-    [
-        "address",
-        "article",
-        "aside",
-        "blockquote",
-        "center",
-        "dd",
-        "div",
-        "dl",
-        "dt",
-        "figcaption",
-        "figure",
-        "footer",
-        "h1",
-        "h2",
-        "h3",
-        "h4",
-        "h5",
-        "h6",
-        "header",
-        "hr",
-        "main",
-        "nav",
-        "ol",
-        "p",
-        "section",
-        "table",
-        "ul",
-    ]
+    "address article aside blockquote center dd div dl dt figcaption figure footer h1 h2 h3"  # noqa: SIM905
+    " h4 h5 h6 header hr main nav ol p section table ul".split()
 )
 SKIP_TAGS = frozenset(
-    [
-        "script",
-        "style",
-        "noscript",
-        "head",
-        "title",
-        "iframe",
-        "object",
-        "embed",
-        "map",
-        "area",
-        "form",
-        "input",
-        "select",
-        "button",
-        "textarea",
-        "svg",
-        "template",
-        "img",
-    ]
+    "script style noscript head title iframe object embed map area form input select"  # noqa: SIM905
+    " button textarea svg template img".split()
 )
 VERBATIM_TAGS = frozenset({"pre", "listing", "plaintext"})
 WHITESPACE = re.compile(r"[ \t\r\n\f\u00a0]+")
