@@ -8,7 +8,12 @@ from pathlib import Path
 import pytest
 
 # Session fixtures shared across test modules.
-pytest_plugins = ["tests.prefect_fixtures", "tests.pg_fixtures", "tests.trainer_fixtures"]
+pytest_plugins = [
+    "tests.prefect_fixtures",
+    "tests.pg_fixtures",
+    "tests.trainer_fixtures",
+    "tests.mirror_fixtures",
+]
 
 # Nothing the tests start phones home.
 os.environ.setdefault("DO_NOT_TRACK", "true")
