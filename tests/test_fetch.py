@@ -1,0 +1,193 @@
+"""The polite fetcher against a real loopback HTTP server (tests/mirror_fixtures.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import socket
+
+from scrapers.fetch import Fetcher, cache_key, normalize_url, site_links
+
+AVG = "paulgraham/avg.html"
+
+
+def fast_fetcher(**kwargs) -> Fetcher:
+    kwargs = {"rate_limit": None, "backoff": 0.01, **kwargs}
+    return Fetcher(**kwargs)
+
+
+def test_normalize_url_canonical_forms():
+    assert normalize_url("HTTP://Example.COM:80/a/b.html#frag") == "http://example.com/a/b.html"
+    assert normalize_url("https://example.com:443") == "https://example.com/"
+    assert normalize_url("http://example.com:8080/x?q=1") == "http://example.com:8080/x?q=1"
+
+
+def test_site_links_resolve_dedupe_and_stay_on_host():
+    base = "http://127.0.0.1:9/paulgraham/articles.html"
+    hrefs = [
+        "avg.html",
+        "avg.html#f1n",
+        "./avg.html",
+        "HTTP://127.0.0.1:9/paulgraham/spam.html",
+        "http://ycombinator.com/",
+        "https://sep.turbifycdn.com/ty/cdn/paulgraham/acl1.txt?t=1&",
+        "mailto:pg@example.com",
+        "#top",
+    ]
+    assert site_links(base, hrefs) == [
+        "http://127.0.0.1:9/paulgraham/avg.html",
+        "http://127.0.0.1:9/paulgraham/spam.html",
+    ]
+
+
+def test_get_downloads_into_hash_named_cache_with_sidecar(mirror, tmp_path, corpora_dir):
+    with fast_fetcher() as fetcher:
+        result = fetcher.get(mirror.url(AVG), tmp_path)
+    assert result.ok and result.status == 200 and not result.from_cache
+    assert result.path.read_bytes() == (corpora_dir / AVG).read_bytes()
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names == [f"{cache_key(mirror.url(AVG))}.body", f"{cache_key(mirror.url(AVG))}.json"]
+    meta = json.loads((tmp_path / names[1]).read_text())
+    assert meta["url"] == mirror.url(AVG) and "etag" in meta["headers"]
+    # robots.txt was asked for first, with a User-Agent naming charflow
+    requests = mirror.requests()
+    assert [r.path for r in requests] == ["/robots.txt", "/" + AVG]
+    assert all("charflow" in r.headers["user-agent"] for r in requests)
+
+
+def test_cache_names_cannot_escape_raw_dir(mirror, tmp_path):
+    raw = tmp_path / "raw"
+    with fast_fetcher() as fetcher:
+        for path in ["../../../etc/passwd", "..%2F..%2Fescape.html", "a/../../b.html"]:
+            fetcher.get(mirror.base_url + path, raw)
+        fetcher.get(mirror.url(AVG), raw)
+    written = [p for p in tmp_path.rglob("*") if p.is_file()]
+    assert written and all(p.parent == raw for p in written)
+    assert all(re.fullmatch(r"[0-9a-f]{64}\.(body|json)", p.name) for p in written)
+
+
+def test_second_fetch_is_conditional_and_serves_cached_bytes(mirror, tmp_path):
+    with fast_fetcher() as fetcher:
+        first = fetcher.get(mirror.url(AVG), tmp_path)
+    mtime = first.path.stat().st_mtime_ns
+    mirror.clear_log()
+    with fast_fetcher() as fetcher:  # a new process would start like this: only the disk cache
+        second = fetcher.get(mirror.url(AVG), tmp_path)
+    assert second.ok and second.from_cache and second.status == 304
+    assert second.path == first.path and second.path.stat().st_mtime_ns == mtime
+    (page,) = mirror.log_for(AVG)
+    assert page.conditional and page.status == 304
+
+
+def test_changed_page_is_downloaded_again(mirror_factory, tmp_path):
+    site = tmp_path / "site"
+    site.mkdir()
+    page = site / "page.html"
+    page.write_bytes(b"one")
+    server = mirror_factory(site)
+    raw = tmp_path / "raw"
+    with fast_fetcher() as fetcher:
+        assert fetcher.get(server.url("page.html"), raw).read_bytes() == b"one"
+    page.write_bytes(b"two, longer")
+    os.utime(page, ns=(page.stat().st_atime_ns, page.stat().st_mtime_ns + 10**9))
+    with fast_fetcher() as fetcher:
+        result = fetcher.get(server.url("page.html"), raw)
+    assert result.status == 200 and not result.from_cache and result.read_bytes() == b"two, longer"
+
+
+def test_500_twice_then_success_is_retried(mirror, tmp_path):
+    mirror.fail(AVG, status=500, times=2)
+    with fast_fetcher() as fetcher:
+        result = fetcher.get(mirror.url(AVG), tmp_path)
+        assert fetcher.stats["retries"] == 2
+    assert result.ok and result.status == 200
+    assert [r.status for r in mirror.log_for(AVG)] == [500, 500, 200]
+
+
+def test_retry_after_is_honoured(mirror, tmp_path):
+    mirror.fail(AVG, status=429, times=1, Retry_After="1")
+    with fast_fetcher() as fetcher:
+        assert fetcher.get(mirror.url(AVG), tmp_path).ok
+    first, second = mirror.log_for(AVG)
+    assert first.status == 429 and second.status == 200
+    # backoff alone would wait 0.01 s; the server asked for 1 s
+    assert second.at - first.at >= 0.9
+
+
+def test_retries_exhausted_gives_reason_not_exception(mirror, tmp_path):
+    mirror.fail(AVG, status=503, times=-1)
+    with fast_fetcher(retries=2) as fetcher:
+        result = fetcher.get(mirror.url(AVG), tmp_path)
+    assert not result.ok and result.status == 503
+    assert "503" in result.reason and "2 retries" in result.reason
+    assert len(mirror.log_for(AVG)) == 3
+
+
+def test_404_is_not_retried(mirror, tmp_path):
+    with fast_fetcher() as fetcher:
+        result = fetcher.get(mirror.url("paulgraham/progbot.html"), tmp_path)
+    assert not result.ok and result.status == 404 and "404" in result.reason
+    assert len(mirror.log_for("paulgraham/progbot.html")) == 1
+
+
+def test_connection_refused_is_retried_then_reported(tmp_path):
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with fast_fetcher(retries=2, respect_robots=False) as fetcher:
+        result = fetcher.get(f"http://127.0.0.1:{port}/x.html", tmp_path)
+        assert fetcher.stats["requests"] == 3
+    assert not result.ok and result.status is None and "ConnectionError" in result.reason
+
+
+def test_same_host_redirect_followed_off_host_refused(mirror, mirror_factory, tmp_path):
+    other = mirror_factory()  # another port is another host
+    mirror.redirect("paulgraham/old.html", "/paulgraham/avg.html")
+    mirror.redirect("paulgraham/away.html", other.url(AVG))
+    with fast_fetcher() as fetcher:
+        moved = fetcher.get(mirror.url("paulgraham/old.html"), tmp_path)
+        away = fetcher.get(mirror.url("paulgraham/away.html"), tmp_path)
+    assert moved.ok and moved.url == mirror.url(AVG)
+    assert not away.ok and "off host" in away.reason
+    assert other.requests() == []
+
+
+def test_robots_txt_is_honoured(mirror_factory, tmp_path):
+    site = tmp_path / "site"
+    (site / "private").mkdir(parents=True)
+    (site / "robots.txt").write_text("User-agent: *\nDisallow: /private/\n")
+    (site / "private" / "secret.html").write_text("no")
+    (site / "public.html").write_text("yes")
+    server = mirror_factory(site)
+    with fast_fetcher() as fetcher:
+        assert fetcher.get(server.url("public.html"), tmp_path / "raw").ok
+        blocked = fetcher.get(server.url("private/secret.html"), tmp_path / "raw")
+    assert not blocked.ok and "robots.txt" in blocked.reason
+    assert server.log_for("private/secret.html") == []
+
+
+def test_unreachable_robots_txt_disallows_host(mirror, tmp_path):
+    mirror.fail("robots.txt", status=500, times=-1)
+    with fast_fetcher(retries=1) as fetcher:
+        result = fetcher.get(mirror.url(AVG), tmp_path)
+    assert not result.ok and "robots.txt unreachable" in result.reason
+    assert mirror.log_for(AVG) == []
+
+
+def test_rate_limit_spaces_requests_per_host(mirror, tmp_path):
+    with Fetcher(rate_limit=5.0) as fetcher:
+        for name in ("avg", "spam", "hw"):
+            assert fetcher.get(mirror.url(f"paulgraham/{name}.html"), tmp_path).ok
+    times = [r.at for r in mirror.requests()]  # robots.txt + 3 pages
+    assert len(times) == 4
+    assert all(b - a >= 0.18 for a, b in zip(times, times[1:], strict=False))
+
+
+def test_file_urls_read_local_tree_in_place(corpora_dir, tmp_path):
+    with fast_fetcher() as fetcher:
+        found = fetcher.get((corpora_dir / AVG).as_uri(), tmp_path)
+        missing = fetcher.get((corpora_dir / "paulgraham/progbot.html").as_uri(), tmp_path)
+    assert found.ok and found.path == corpora_dir / AVG
+    assert not missing.ok and missing.status == 404
+    assert list(tmp_path.iterdir()) == []
