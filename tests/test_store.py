@@ -1,0 +1,136 @@
+"""scrapers/store.py: the on-disk corpus contract, streamed and committed atomically."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import pytest
+
+from scrapers.registry import Document
+from scrapers.store import (
+    CORPUS_FILE,
+    DOCUMENTS_FILE,
+    MANIFEST_FILE,
+    SEPARATOR,
+    STAGING_PREFIX,
+    CorpusWriter,
+)
+
+DOCS = [
+    Document("First essay.\n\nSecond paragraph.", "http://x/a.html", "A", "May 2001"),
+    Document("Cafe\u0301 and 三国\r\nwindows line", "http://x/b.html", meta={"slug": "b"}),
+    Document("  \n\n", "http://x/empty.html"),  # nothing left: recorded as skipped
+    Document("last", "http://x/c.html"),
+]
+
+
+def write(corpus_dir, docs=DOCS, **fields):
+    with CorpusWriter(corpus_dir) as writer:
+        for doc in docs:
+            writer.add(doc)
+        writer.skip("http://x/missing.html", "HTTP 404 Not Found")
+        return writer.commit(name=corpus_dir.name, source="http://x/", **fields), writer
+
+
+def snapshot(corpus_dir):
+    files = [p for p in corpus_dir.iterdir() if p.is_file()]
+    return {p.name: (p.read_bytes(), p.stat().st_mtime_ns) for p in files}
+
+
+def test_files_offsets_and_manifest(tmp_path):
+    corpus_dir = tmp_path / "toy"
+    manifest, _ = write(corpus_dir)
+    raw = (corpus_dir / CORPUS_FILE).read_bytes()
+    text = raw.decode("utf-8")
+    rows = [json.loads(line) for line in (corpus_dir / DOCUMENTS_FILE).read_text().splitlines()]
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    assert [r["source"] for r in rows] == ["http://x/a.html", "http://x/b.html", "http://x/c.html"]
+    for row in rows:
+        piece = text[row["char_start"] : row["char_end"]]
+        assert raw[row["byte_start"] : row["byte_end"]].decode("utf-8") == piece
+        assert row["chars"] == len(piece)
+        assert row["sha256"] == hashlib.sha256(piece.encode()).hexdigest()
+    # documents are joined by exactly the separator, NFC with Unix newlines
+    assert text == SEPARATOR.join(text[r["char_start"] : r["char_end"]] for r in rows)
+    assert "Café and 三国\nwindows line" in text and "\r" not in text
+    assert rows[1]["slug"] == "b" and rows[0]["title"] == "A" and rows[0]["date"] == "May 2001"
+    assert manifest == json.loads((corpus_dir / MANIFEST_FILE).read_text())
+    assert manifest["documents"] == 3 and manifest["chars"] == len(text)
+    assert manifest["bytes"] == len(raw)
+    assert manifest["corpus_sha256"] == hashlib.sha256(raw).hexdigest()
+    assert manifest["vocab_size"] == len(set(text))
+    assert manifest["separator"] == SEPARATOR
+    assert manifest["skipped"] == [
+        {"source": "http://x/empty.html", "reason": "empty after cleaning"},
+        {"source": "http://x/missing.html", "reason": "HTTP 404 Not Found"},
+    ]
+    assert {"code_version", "created_at", "name", "source"} <= set(manifest)
+    assert not list(tmp_path.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_separator_character_is_removed_from_documents(tmp_path):
+    write(tmp_path / "toy", [Document("a\x1eb", "s1"), Document("c", "s2")])
+    assert (tmp_path / "toy" / CORPUS_FILE).read_text() == "ab" + SEPARATOR + "c"
+
+
+def test_failure_mid_write_leaves_previous_corpus_untouched(tmp_path):
+    corpus_dir = tmp_path / "toy"
+    write(corpus_dir)
+    (corpus_dir / "raw").mkdir()
+    (corpus_dir / "raw" / "cached.body").write_bytes(b"cache")
+    before = snapshot(corpus_dir)
+    with pytest.raises(RuntimeError), CorpusWriter(corpus_dir) as writer:
+        writer.add(Document("new text that must not appear", "s"))
+        raise RuntimeError("network died")
+    assert snapshot(corpus_dir) == before
+    assert (corpus_dir / "raw" / "cached.body").read_bytes() == b"cache"
+    assert not list(tmp_path.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_new_corpus_replaces_old_and_keeps_raw_cache(tmp_path):
+    corpus_dir = tmp_path / "toy"
+    write(corpus_dir)
+    (corpus_dir / "raw").mkdir()
+    (corpus_dir / "raw" / "cached.body").write_bytes(b"cache")
+    manifest, writer = write(corpus_dir, [Document("only one now", "s")])
+    assert not writer.unchanged
+    assert (corpus_dir / CORPUS_FILE).read_text() == "only one now"
+    assert manifest["documents"] == 1
+    assert (corpus_dir / "raw" / "cached.body").read_bytes() == b"cache"
+    assert not list(tmp_path.glob(f"{STAGING_PREFIX}*"))
+
+
+def test_identical_rerun_rewrites_nothing(tmp_path):
+    corpus_dir = tmp_path / "toy"
+    first, _ = write(corpus_dir)
+    before = snapshot(corpus_dir)
+    second, writer = write(corpus_dir)
+    assert writer.unchanged and second == first
+    assert snapshot(corpus_dir) == before
+
+
+def test_changed_options_rewrite(tmp_path):
+    corpus_dir = tmp_path / "toy"
+    write(corpus_dir, options={"x": 1})
+    manifest, writer = write(corpus_dir, options={"x": 2})
+    assert not writer.unchanged and manifest["options"] == {"x": 2}
+
+
+def test_staging_left_by_a_killed_run_is_cleaned_and_its_raw_cache_recovered(tmp_path):
+    corpus_dir = tmp_path / "toy"
+    write(corpus_dir)
+    # A run killed after moving raw/ into its staging folder, before the swap.
+    stale = tmp_path / f"{STAGING_PREFIX}toy-deadbeef"
+    (stale / "raw").mkdir(parents=True)
+    (stale / "raw" / "cached.body").write_bytes(b"cache")
+    (stale / CORPUS_FILE).write_text("half written")
+    write(corpus_dir)
+    assert (corpus_dir / "raw" / "cached.body").read_bytes() == b"cache"
+    assert not stale.exists()
+
+
+def test_meta_may_not_override_core_fields(tmp_path):
+    with pytest.raises(ValueError, match="sha256"), CorpusWriter(tmp_path / "toy") as writer:
+        writer.add(Document("x", "s", meta={"sha256": "forged"}))
+    assert not (tmp_path / "toy" / CORPUS_FILE).exists()
