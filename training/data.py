@@ -27,7 +27,7 @@ import numpy as np
 
 from training.errors import TrainingError
 
-CHUNK_BYTES = 1 << 20  # bounds memory: one chunk is at most ~16 MB of transient arrays
+CHUNK_BYTES = 1 << 19  # bounds memory: a chunk makes at most ~4 MB of transient arrays
 FORMAT = "charflow-encoded"
 VERSION = 1
 SPLITS = ("train", "val", "test")
@@ -135,7 +135,7 @@ def _locate(source: Path) -> tuple[Path, Path | None]:
 def file_digest(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES * 8):
+        while chunk := f.read(CHUNK_BYTES):
             h.update(chunk)
     return h.hexdigest()
 
@@ -177,6 +177,9 @@ def _encode_to_cache(text_path: Path, digest: str, folder: Path) -> None:
         raise TrainingError(f"{text_path} is empty")
     vocab_cp = np.array(sorted(ord(ch) for ch in seen), dtype=np.uint32)
     dtype = np.uint16 if len(vocab_cp) <= 65535 else np.uint32
+    # code point -> id table: at most 0x110000 entries (4.4 MB), one gather per chunk
+    lookup = np.zeros(int(vocab_cp[-1]) + 1, dtype=dtype)
+    lookup[vocab_cp] = np.arange(len(vocab_cp), dtype=dtype)
 
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
@@ -184,8 +187,7 @@ def _encode_to_cache(text_path: Path, digest: str, folder: Path) -> None:
     try:
         with open(staging / "ids.bin", "wb") as out:
             for text in _decoded_chunks(text_path):
-                # The vocabulary is sorted, so a code point's id is its rank in it.
-                out.write(np.searchsorted(vocab_cp, _code_points(text)).astype(dtype).tobytes())
+                lookup[_code_points(text)].tofile(out)
         meta = {
             "format": FORMAT,
             "version": VERSION,
