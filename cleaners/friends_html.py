@@ -1,0 +1,285 @@
+"""Friends transcript pages (the fangj/friends layout) -> one clean script per episode.
+
+The pages were written by many fan transcribers over ten years, by hand and with FrontPage,
+so the same script line comes in many markups: `<b>Monica:</b> text`, `<b>Monica</b>: text`,
+`<strong>`, bold tags misnested across `<p>`, upper-case names with no tags at all, and
+utterances separated only by `<br>`. This module reads the page as a flat stream of text
+blocks (never as a tree, so misnesting cannot move text) and rebuilds each line by what the
+text says, not by its markup.
+
+Output format of `Episode.text`, one item per line:
+
+    <episode title>
+    [Scene: <where and who>]
+    <Speaker>: <utterance, stage directions in parentheses kept>
+    (<stage direction on its own>)
+    <other lines: notes, song lyrics, "Commercial Break", "End">
+
+Writer, transcriber and similar credits are taken out of the text into `Episode.credits`.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from dataclasses import dataclass, field
+
+from cleaners.encoding import decode_bytes
+
+# Tags that end a line of text. `<br>` is "soft": a lone one inside a paragraph is often
+# a hard wrap, so a soft-broken line may continue the utterance before it.
+_BLOCK_TAGS = frozenset(
+    {"p", "br", "div", "h1", "h2", "h3", "h4", "h5", "h6", "hr", "li", "ul", "ol", "dl", "dt"}
+    | {"dd", "tr", "td", "th", "table", "blockquote", "pre", "center", "body", "html", "head"}
+    | {"title", "address", "form"}
+)
+# A tag (quoted attributes may hold ">"), a comment, a doctype; the rest is text.
+_MARKUP = re.compile(
+    r"<!--.*?(?:-->|$)|<[!?][^>]*>"
+    r"|</?(?P<tag>[a-zA-Z][\w:-]*)(?:\s(?:[^>\"']|\"[^\"]*\"|'[^']*')*)?/?>",
+    re.DOTALL,
+)
+_HIDDEN = re.compile(r"<(script|style|noscript|title)\b.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
+_LINK = re.compile(
+    r"<a\s[^>]*?\bhref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))[^>]*>(?P<label>.*?)</a\s*>",
+    re.DOTALL | re.IGNORECASE,
+)
+_TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.DOTALL | re.IGNORECASE)
+
+_SPACE = re.compile(r"\s+")  # \s includes NBSP, U+3000 and other Unicode spaces
+_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\ufeff"))  # soft hyphen, zero-width chars
+
+_SCENE = re.compile(r"^[\[(]\s*scene\b\s*[:;,]?\s*(?P<body>.*?)\s*[\])]?$", re.IGNORECASE)
+_SPEAKER = re.compile(
+    r"^(?P<name>[^\W\d_][\w.'’&,/#\- ]{0,48}?)\s*"
+    r"(?P<aside>[\[(][^\[\]()]{1,120}[\])])?\s*:\s*(?P<text>.*)$"
+)
+_CREDIT = re.compile(
+    r"^(?P<role>(?:[\w'’&]+\s+){0,7}?(?:by|from|(?:teleplay|story|aired)(?:\s+by)?))\b\s*:?\s*(?P<who>.*)$",
+    re.IGNORECASE,
+)
+_CREDIT_WORDS = re.compile(
+    r"writ|transcri|trascri|teleplay|story|direct|produc|html|adjust|addition|check|help|"
+    r"correct|compil|host|aired",
+    re.IGNORECASE,
+)
+# Labels shaped like a speaker that are not one.
+_NOT_SPEAKERS = re.compile(r"(^|\s)(note|notes|aired)$|\bby$", re.IGNORECASE)
+_EPISODE_NUMBER = re.compile(r"^\d{3,4}(?:\s*-\s*\d{3,4})?(?:\s*[-–:]\s*|\s+)")
+# A few transcribers (season 2) use four-letter codes for the six friends.
+_ABBREVIATIONS = {"RACH": "Rachel", "MNCA": "Monica", "CHAN": "Chandler", "PHOE": "Phoebe"}
+# "...Fun Bobby (FBOB) enters": an episode defining its own speaker code, after a name.
+_CODE = re.compile(r"\s\(([A-Z]{3,5})\)")
+_CODE_NAME = re.compile(
+    r"(?:(?:Mr|Mrs|Ms|Dr)\.?\s+)?(?:[A-Z][\w'’-]*\s+)?[A-Z][\w'’-]*?(?=(?:'s|’s)?$)"
+)
+_INDEX_LABEL = re.compile(r"^(?P<number>\d{3,4}(?:-\d{3,4})?)\s*(?P<title>.*)$")
+_SMALL_WORDS = frozenset(
+    {"and", "or", "of", "the", "in", "on", "at", "to", "with", "a", "an", "for"}
+)
+
+
+@dataclass
+class Episode:
+    title: str | None
+    lines: list[str]
+    credits: list[tuple[str, str]] = field(default_factory=list)  # (role, who)
+    aired: str | None = None
+
+    @property
+    def text(self) -> str:
+        head = [self.title] if self.title else []
+        return "\n".join(head + self.lines)
+
+
+@dataclass
+class _Block:
+    text: str
+    soft: bool  # separated from the previous block by one <br> only
+
+
+def _read_blocks(page: str) -> tuple[list[_Block], str]:
+    """Flatten a page into text blocks, and its <title>, without building a tree."""
+    title = _TITLE.search(page)
+    page = _HIDDEN.sub(" ", page)
+    blocks: list[_Block] = []
+    buf: list[str] = []
+    gap: list[str] = []  # block tags seen since the last non-empty block
+
+    def flush() -> None:
+        text = normalise_space(html.unescape("".join(buf)))
+        buf.clear()
+        if text:
+            blocks.append(_Block(text, gap == ["br"]))
+            gap.clear()
+
+    pos = 0
+    for m in _MARKUP.finditer(page):
+        buf.append(page[pos : m.start()])
+        pos = m.end()
+        tag = (m["tag"] or "").lower()
+        if tag in _BLOCK_TAGS:
+            flush()
+            gap.append(tag)
+    buf.append(page[pos:])
+    flush()
+    return blocks, normalise_space(html.unescape(title[1])) if title else ""
+
+
+def normalise_space(text: str) -> str:
+    """NBSP, tabs, newlines (CRLF too) and runs of spaces -> one space; invisible chars gone."""
+    return _SPACE.sub(" ", text.translate(_INVISIBLE)).strip()
+
+
+def speaker_name(name: str, codes: dict[str, str] | None = None) -> str:
+    """'MONICA' -> 'Monica', 'MRS. GELLER' -> 'Mrs. Geller', 'MNCA' -> 'Monica'.
+
+    Names already in mixed case are kept as written.
+    """
+    name = normalise_space(name)
+    words = re.findall(r"[^\W\d_]+", name)
+    if not all(w.isupper() or w in _SMALL_WORDS for w in words):
+        return name[0].upper() + name[1:]
+    codes = {**_ABBREVIATIONS, **(codes or {})}
+    words = re.split(r"([\s/,&-]+|\.(?=\w))", name)
+    out = []
+    for i, word in enumerate(words):
+        if word in codes:
+            out.append(codes[word])
+        elif i and word.lower() in _SMALL_WORDS:
+            out.append(word.lower())
+        else:
+            out.append(word[:1].upper() + word[1:].lower())
+    return "".join(out)
+
+
+def _as_speaker_line(text: str, codes: dict[str, str]) -> str | None:
+    """'Joey (looks at the box): text' -> 'Joey: (looks at the box) text'; None if no speaker."""
+    m = _SPEAKER.match(text)
+    if not m:
+        return None
+    name = m["name"].strip()
+    if len(name.split()) > 8 or _NOT_SPEAKERS.search(name):
+        return None
+    aside = m["aside"]
+    if aside:  # asides in square brackets become stage directions, like the rest
+        aside = "(" + aside[1:-1].strip() + ")"
+    said = " ".join(part for part in (aside, m["text"].strip()) if part)
+    return f"{speaker_name(name, codes)}: {said}".rstrip()
+
+
+def _as_credit(text: str) -> tuple[str, str] | None:
+    if text[:1] in "[({":
+        return None
+    m = _CREDIT.match(text)
+    if not m or not _CREDIT_WORDS.search(m["role"]):
+        return None
+    return normalise_space(m["role"]), m["who"].strip()
+
+
+def _scene_line(text: str) -> str | None:
+    m = _SCENE.match(text)
+    if not m or not text.rstrip().endswith(("]", ")")):
+        return None
+    return f"[Scene: {m['body']}]"
+
+
+def _marker_line(text: str) -> str:
+    """'COMMERCIAL BREAK' -> 'Commercial Break'; anything else unchanged."""
+    if len(text.split()) <= 4 and text.isupper():
+        return speaker_name(text)
+    return text
+
+
+def _episode_codes(blocks: list[_Block]) -> dict[str, str]:
+    """Codes an episode defines for itself: "Fun Bobby (FBOB) enters" -> FBOB: Fun Bobby."""
+    codes = {}
+    for block in blocks:
+        for m in _CODE.finditer(block.text):
+            name = _CODE_NAME.search(block.text[max(0, m.start() - 40) : m.start()])
+            if name:
+                codes[m[1]] = name[0]
+    return codes
+
+
+def parse_episode(page: str) -> Episode:
+    """Parse one episode page (already decoded to str) into title, script lines and credits."""
+    blocks, page_title = _read_blocks(page)
+    codes = _episode_codes(blocks)
+
+    title: str | None = None
+    aired: str | None = None
+    credits: list[tuple[str, str]] = []
+    lines: list[str] = []
+    in_header = True  # before the first scene, stage direction or utterance
+    last_was_utterance = False
+    taken: set[int] = set()  # blocks already used as the name in a credit
+    for i, block in enumerate(blocks):
+        if i in taken:
+            continue
+        # The story behind each line: angle-bracketed asides (from &lt; &gt;) are directions.
+        text = re.sub(r"<\s*([^<>]*?)\s*>", r"(\1)", block.text)
+        credit = _as_credit(text)
+        if credit:
+            role, who = credit
+            nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            if not who and nxt is not None and nxt.soft and not _as_credit(nxt.text):
+                who = nxt.text  # "Final check by<br>Kim"
+                taken.add(i + 1)
+            if role.lower().startswith("aired"):
+                aired = who
+            else:
+                credits.append((role, who))
+            last_was_utterance = False
+            continue
+        if in_header:
+            if text.lower() == "friends":
+                continue
+            if title is None and _scene_line(text) is None and text[:1] not in "[({":
+                title = _EPISODE_NUMBER.sub("", text).strip() or text
+                continue
+        scene = _scene_line(text)
+        speaker = None if scene else _as_speaker_line(text, codes)
+        if scene:
+            lines.append(scene)
+            last_was_utterance = False
+        elif speaker:
+            lines.append(speaker)
+            last_was_utterance = True
+        elif last_was_utterance and block.soft and not text.startswith("["):
+            lines[-1] = f"{lines[-1]} {text}"  # a hard-wrapped utterance
+        else:
+            lines.append(_marker_line(text))
+            last_was_utterance = False
+        if scene or speaker or text[:1] in "[(":
+            in_header = False
+
+    if title is None:
+        title = _EPISODE_NUMBER.sub("", page_title).strip() or None
+    return Episode(title=title, lines=lines, credits=credits, aired=aired)
+
+
+def clean_episode(data: bytes) -> Episode:
+    """An episode page's bytes -> Episode. The bytes are decoded as UTF-8 where they are
+    UTF-8 and as windows-1252 elsewhere, whatever the page declares (see cleaners.encoding);
+    numeric references such as &#146; are read as windows-1252 too, as browsers do."""
+    return parse_episode(decode_bytes(data))
+
+
+@dataclass
+class IndexEntry:
+    href: str
+    number: str | None  # "101", "212-213"
+    title: str  # the index's name for the episode
+
+
+def index_entries(data: bytes) -> list[IndexEntry]:
+    """The episode links of the transcripts' index.html, in its order (the episode order)."""
+    entries = []
+    for m in _LINK.finditer(decode_bytes(data)):
+        href = html.unescape(next(g for g in m.group(1, 2, 3) if g is not None)).strip()
+        label = normalise_space(html.unescape(_MARKUP.sub("", m["label"])))
+        numbered = _INDEX_LABEL.match(label)
+        number, title = numbered.group("number", "title") if numbered else (None, label)
+        entries.append(IndexEntry(href, number, title))
+    return entries

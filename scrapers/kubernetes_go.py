@@ -1,0 +1,255 @@
+"""kubernetes-go: the Go sources of a code base, one document per file.
+
+Source: a git URL, cloned shallowly at a pinned ref into data/<name>/raw/git/ (kept as the
+cache for the next run), or a local directory. The tree is walked in sorted order without
+ever reading more than one file at a time, and without following symlinks: a link's target
+is either outside the tree (never read) or inside it (taken where it lies, once).
+
+    charflow ingest kubernetes-go                                   # kubernetes @ DEFAULT_REF
+    charflow ingest kubernetes-go --option ref=v1.30.0 --option tests=false
+    charflow ingest kubernetes-go --source /usr/share/gocode/src/k8s.io/utils
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from cleaners.gosource import (
+    EXCLUDED_DIRS,
+    document_text,
+    generated_by_header,
+    generated_by_name,
+    go_text,
+    hidden,
+    is_binary,
+)
+from scrapers.errors import IngestError
+from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped, register
+
+DEFAULT_REPO = "https://github.com/kubernetes/kubernetes"
+DEFAULT_REF = "v1.31.0"  # a release tag: the same tree on every run
+OPTIONS = {
+    "ref": DEFAULT_REF,  # branch, tag or full commit sha (git sources only)
+    "tests": True,  # take *_test.go files
+    "include_generated": False,
+    "include_vendor": False,
+    "include_third_party": False,
+    "include_testdata": False,
+    "include_hidden": False,
+}
+_GIT_SCHEMES = {"http", "https", "git", "ssh", "file"}
+_SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@github.com:owner/repo
+_SHA = re.compile(r"^[0-9a-f]{40}$")
+_GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+
+
+def is_git_url(source: str) -> bool:
+    return urlsplit(source).scheme in _GIT_SCHEMES or bool(_SCP_LIKE.match(source))
+
+
+# -- git ----------------------------------------------------------------------------------
+
+
+def _git(*args: str, cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(
+            ["git", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            env={**os.environ, **_GIT_ENV},
+            check=False,
+        )
+    except FileNotFoundError:
+        raise IngestError("git is not installed; it is needed to clone a git source") from None
+    if done.returncode != 0:
+        lines = (done.stderr or done.stdout).strip().splitlines()
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+        raise IngestError(f"git {args[0]} failed: {why}")
+    return done.stdout.strip()
+
+
+def _remote_shas(url: str, ref: str) -> set[str] | None:
+    """Commits `ref` names on the remote (tag objects peeled); None if unreachable."""
+    try:
+        out = _git("ls-remote", url, ref, f"{ref}^{{}}")
+    except IngestError:
+        return None
+    return {line.split()[0] for line in out.splitlines() if line.strip()}
+
+
+def clone(url: str, ref: str, cache_dir: Path, log=print) -> tuple[Path, str]:
+    """Shallow checkout of url at ref under cache_dir; reused while ref still names it.
+
+    Returns (checkout folder, commit sha). The clone goes to a temporary folder first and
+    is renamed into place, so an interrupted clone never passes for a finished one.
+    """
+    key = hashlib.sha256(f"{url}\n{ref}".encode()).hexdigest()[:16]
+    checkout, record = cache_dir / key, cache_dir / f"{key}.json"
+    if checkout.is_dir() and record.is_file():
+        cached = json.loads(record.read_text(encoding="utf-8"))
+        remote = {ref} if _SHA.match(ref) else _remote_shas(url, ref)
+        if remote is None or cached["commit"] in remote:
+            log(f"using the clone of {url} at {ref} in {checkout}")
+            return checkout, cached["commit"]
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    tmp = cache_dir / f".clone-{uuid.uuid4().hex}"
+    log(f"cloning {url} at {ref} (shallow) into {checkout}")
+    try:
+        if _SHA.match(ref):  # a commit is fetched by id; --branch takes only names
+            _git("init", "--quiet", str(tmp))
+            _git("fetch", "--quiet", "--depth", "1", url, ref, cwd=tmp)
+            _git("-c", "advice.detachedHead=false", "checkout", "--quiet", "FETCH_HEAD", cwd=tmp)
+        else:
+            shallow = ("--quiet", "--depth", "1", "--single-branch", "--branch", ref)
+            _git("clone", *shallow, url, str(tmp))
+        commit = _git("rev-parse", "HEAD", cwd=tmp)
+        if checkout.exists():
+            shutil.rmtree(checkout)
+        os.rename(tmp, checkout)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    record.write_text(json.dumps({"url": url, "ref": ref, "commit": commit}) + "\n", "utf-8")
+    return checkout, commit
+
+
+# -- the walk -----------------------------------------------------------------------------
+
+
+def _symlink_reason(link: Path, root: Path) -> str:
+    target = Path(os.path.realpath(link))
+    if not target.is_relative_to(root):
+        return f"symlink out of the tree (to {target}); not followed"
+    if link.parent.resolve().is_relative_to(target):
+        return "symlink loop (points at an enclosing folder); not followed"
+    return f"symlink to {target.relative_to(root).as_posix()} in the tree; taken there, not here"
+
+
+def _excluded(name: str, options: dict) -> str | None:
+    """Why a folder is left out (None: walk it)."""
+    flag = EXCLUDED_DIRS.get(name)
+    if flag and not options[flag]:
+        return f"excluded folder (--option {flag}=true takes it)"
+    if hidden(name) and not options["include_hidden"]:
+        return "hidden folder (--option include_hidden=true takes it)"
+    return None
+
+
+def walk_go_files(root: Path, options: dict) -> Iterator[tuple[str, Path] | Skipped]:
+    """(relative path, file) for each *.go file to take, in sorted path order, or Skipped.
+
+    Streams: holds only the entries of the folders on the current path, never file data.
+    """
+    root = Path(os.path.realpath(root))
+    if not root.is_dir():
+        raise IngestError(f"not a directory: {root}")
+    opts = {**OPTIONS, **options}
+    stack: list[tuple[Path, str]] = [(root, "")]
+    while stack:
+        folder, prefix = stack.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as err:
+            yield Skipped(prefix or ".", f"cannot list folder: {err.strerror}")
+            continue
+        subfolders = []
+        for entry in entries:
+            rel = prefix + entry.name
+            is_go = entry.name.endswith(".go")
+            if entry.is_symlink():
+                if is_go or entry.is_dir():  # is_dir() follows the link: a linked folder
+                    yield Skipped(rel, _symlink_reason(Path(entry.path), root))
+                continue
+            if entry.is_dir():
+                why = _excluded(entry.name, opts)
+                if why:
+                    yield Skipped(rel + "/", why)
+                else:
+                    subfolders.append((Path(entry.path), rel + "/"))
+                continue
+            if not is_go or not entry.is_file():
+                continue
+            if hidden(entry.name) and not opts["include_hidden"]:
+                yield Skipped(rel, "hidden file (--option include_hidden=true takes it)")
+            elif entry.name.endswith("_test.go") and not opts["tests"]:
+                continue  # asked for: not a loss worth a line in the manifest
+            elif generated_by_name(entry.name) and not opts["include_generated"]:
+                yield Skipped(rel, "generated (by its name); --option include_generated=true")
+            else:
+                yield rel, Path(entry.path)
+        stack.extend(reversed(subfolders))  # depth first, in sorted order
+
+
+# -- the corpus ---------------------------------------------------------------------------
+
+
+def _file_source(base: str, ref: str | None, rel: str) -> str:
+    """A link to the file: GitHub's blob URL when the repository is there."""
+    if ref is None:
+        return f"{base.rstrip('/')}/{rel}"
+    parts = urlsplit(base)
+    if parts.netloc == "github.com":
+        return f"{base.removesuffix('.git').rstrip('/')}/blob/{ref}/{rel}"
+    return f"{base}@{ref}:{rel}"
+
+
+def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
+    source = ctx.source
+    commit = None
+    if is_git_url(source):
+        root, commit = clone(source, ctx.options["ref"], ctx.raw_dir / "git", ctx.log)
+        ref = ctx.options["ref"]
+    else:
+        root = Path(source).expanduser()
+        if not root.is_dir():
+            raise IngestError(f"kubernetes-go source must be a git URL or a directory: {source}")
+        ref = None
+        source = str(root.resolve())
+    meta = {"commit": commit} if commit else {}
+    for found in walk_go_files(root, ctx.options):
+        if isinstance(found, Skipped):
+            yield Skipped(_file_source(source, ref, found.source), found.reason)
+        else:
+            rel, path = found
+            yield RawItem(_file_source(source, ref, rel), path, {"path": rel, **meta})
+
+
+def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
+    data = item.path.read_bytes()
+    if is_binary(data):
+        yield Skipped(item.source, "binary file (NUL bytes)")
+        return
+    if not options.get("include_generated") and generated_by_header(data):
+        yield Skipped(item.source, "generated (Code generated ... DO NOT EDIT. header)")
+        return
+    try:
+        text = go_text(data)
+    except UnicodeDecodeError as err:
+        yield Skipped(item.source, f"not UTF-8 (invalid byte at offset {err.start})")
+        return
+    path = item.meta["path"]
+    yield Document(
+        text=document_text(path, text), source=item.source, title=path, meta=dict(item.meta)
+    )
+
+
+SPEC = register(
+    CorpusSpec(
+        name="kubernetes-go",
+        description="Go sources of Kubernetes (or any Go tree), one document per .go file",
+        default_source=DEFAULT_REPO,
+        gather=gather,
+        clean=clean,
+        training_defaults={"seq_len": 256},
+        options=OPTIONS,
+    )
+)
