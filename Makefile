@@ -62,6 +62,16 @@ demo: deploy
 down:
 	@if test -x $(PY); then $(STACK) $(PY) -m flows.services down; fi
 
+# Browse the local MLflow store in the foreground (Ctrl-C stops it); `make services` runs the
+# same UI in the background, so use one or the other on a port (docs/readme/tracking.md).
+.PHONY: mlflow-ui
+mlflow-ui: venv
+	mkdir -p mlruns
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
+		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
+		--default-artifact-root $(CURDIR)/mlruns/artifacts \
+		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+
 # MLflow and Prefect servers on PostgreSQL (docs/readme/scaling.md). `make pg-up` starts a
 # throwaway cluster on loopback (data in PG_DIR) and prints its URLs; `make mlflow-server` and
 # `make prefect-server-pg` run each server on it in the foreground (Ctrl-C stops); clients

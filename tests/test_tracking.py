@@ -165,6 +165,18 @@ def test_champion_moves_only_on_strict_improvement(store, tmp_path):
     assert not tie.is_champion and tracking.get_champion("champs").version == "3"
 
 
+def test_a_non_finite_val_loss_is_never_champion(store, tmp_path):
+    ckpt = make_checkpoint(tmp_path / "best.pt", seed=5)
+    with RunTracker("diverged") as run:
+        nan = run.log_model(ckpt, val_loss=float("nan"), corpus_digest=DIGEST)
+    assert (nan.version, nan.is_champion) == ("1", False)
+    assert nan.reason == "val_loss nan is not finite"
+    assert tracking.get_champion("diverged") is None  # registered, but no alias yet
+    with RunTracker("diverged") as run:
+        assert run.log_model(ckpt, val_loss=3.0, corpus_digest=DIGEST).is_champion
+    assert tracking.get_champion("diverged").version == "2"
+
+
 def test_download_checkpoint_round_trip(store, tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.pt", seed=7)
     with RunTracker("roundtrip") as run:
@@ -183,18 +195,52 @@ def test_download_checkpoint_round_trip(store, tmp_path):
         tracking.download_checkpoint("models:/charflow-nope/1", tmp_path / "nope")
 
 
+def test_pyfunc_model_samples_like_the_checkpoint(store, tmp_path):
+    import mlflow.pyfunc
+
+    from training.checkpoint import build_model, save_checkpoint
+    from training.config import build_config
+    from training.sample import sample_texts
+
+    cfg = build_config("tiny")
+    vocab = list("\nabcdefgh 三国")
+    torch.manual_seed(0)
+    model = build_model(cfg, len(vocab))
+    ckpt = tmp_path / "best.pt"
+    save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg.to_params(), "vocab": vocab})
+    with RunTracker("pyfunc") as run:
+        run.log_model(ckpt, val_loss=2.0, corpus_digest=DIGEST)
+
+    loaded = mlflow.pyfunc.load_model("models:/charflow-pyfunc@champion")
+    params = {"length": 40, "temperature": 0.9, "top_k": 5, "seed": 11}
+    texts = loaded.predict(["ab", "三国"], params=params)
+    want = sample_texts(ckpt, ["ab", "三国"], length=40, temperature=0.9, top_k=5, seed=11)
+    assert texts == want
+    assert texts[1].startswith("三国") and len(texts[1]) == 2 + 40
+    assert loaded.predict("ab", params=params) == texts[:1]
+    assert len(loaded.predict(["a"])[0]) == 1 + 200  # the signature's default length
+
+
 def test_resume_continues_the_same_run(store):
+    dataset = dict(name="resumed", digest=DIGEST, source="x.txt", num_chars=9, vocab_size=3)
     with RunTracker("resumed") as first:
         first.log_params({"max_steps": 10, "lr": 0.01})
+        first.log_dataset(**dataset, num_documents=None)
         first.log_metrics({"train_loss": 3.0}, 10)
     with RunTracker("resumed", run_id=first.run_id) as again:
         again.log_params({"max_steps": 20, "lr": 0.01, "seed": 1})  # max_steps keeps 10
+        again.log_dataset(**dataset, num_documents=None)
         again.log_metrics({"train_loss": 2.0}, 20)
     got = client().get_run(first.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params == {"max_steps": "10", "lr": "0.01", "seed": "1"}
+    assert len(got.inputs.dataset_inputs) == 1
     steps = [m.step for m in client().get_metric_history(first.run_id, "train_loss")]
     assert sorted(steps) == [10, 20]
+
+    missing = pytest.raises(TrainingError, match="MLflow run 0123abcd to resume is not in sqlite")
+    with missing, RunTracker("resumed", run_id="0123abcd"):
+        pass
 
 
 def test_deleted_experiment_is_a_clear_error(store):

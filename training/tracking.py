@@ -45,7 +45,6 @@ from mlflow.entities import (
     LoggedModelStatus,
     Metric,
     Param,
-    RunStatus,
     RunTag,
 )
 from mlflow.exceptions import MlflowException
@@ -164,10 +163,6 @@ def _experiment_id(client: MlflowClient, corpus: str, uri: str) -> str:
     return exp.experiment_id
 
 
-def _is_missing(e: MlflowException) -> bool:
-    return e.error_code in ("RESOURCE_DOES_NOT_EXIST", "NOT_FOUND", "INVALID_PARAMETER_VALUE")
-
-
 @dataclass
 class Champion:
     version: str
@@ -188,7 +183,8 @@ def _champion(client: MlflowClient, corpus: str) -> Champion | None:
     try:
         mv = client.get_model_version_by_alias(registered_model_name(corpus), CHAMPION_ALIAS)
     except MlflowException as e:
-        if _is_missing(e):
+        # No such registered model, or (INVALID_PARAMETER_VALUE) it has no such alias.
+        if e.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
             return None
         raise
     try:
@@ -269,8 +265,8 @@ class RunTracker:
         self.corpus = corpus
         self.run_name = run_name
         self.tags = dict(tags or {})
-        self.tracking_uri = configure_mlflow()
-        self.client = MlflowClient(self.tracking_uri, mlflow.get_registry_uri())
+        self.client = _client()
+        self.tracking_uri = self.client.tracking_uri
         self.experiment_id = _experiment_id(self.client, corpus, self.tracking_uri)
         self.run_id: str = run_id or ""
         self._resumed = run_id is not None
@@ -283,7 +279,14 @@ class RunTracker:
         tags = resolve_tags({"corpus": self.corpus, **self.tags})
         tags["mlflow.source.name"] = "charflow"
         if self._resumed:
-            run = self.client.get_run(self.run_id)
+            try:
+                run = self.client.get_run(self.run_id)
+            except MlflowException as e:
+                if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                    raise
+                raise TrainingError(
+                    f"MLflow run {self.run_id} to resume is not in {self.tracking_uri}"
+                ) from None
             if run.info.experiment_id != self.experiment_id:
                 raise TrainingError(
                     f"MLflow run {self.run_id} belongs to another experiment, "
@@ -298,19 +301,21 @@ class RunTracker:
         return self
 
     def __exit__(self, exc_type, exc, tb) -> bool:
-        status = RunStatus.to_string(RunStatus.FINISHED if exc is None else RunStatus.FAILED)
-        try:
-            self.flush()
-            if exc is not None:
-                message = f"{exc_type.__name__}: {exc}".splitlines()[0][:1000]
-                self.client.set_tag(self.run_id, "failure", message)
-        finally:
+        if exc is None:
             try:
-                self.client.set_terminated(self.run_id, status)
-            except MlflowException:
-                if exc is None:
-                    raise
-                log.warning("could not mark MLflow run %s %s", self.run_id, status)
+                self.flush()
+            except Exception:
+                self.client.set_terminated(self.run_id, "FAILED")
+                raise
+            self.client.set_terminated(self.run_id, "FINISHED")
+            return False
+        try:  # the training error is what the caller must see, not a tracking error after it
+            self.flush()
+            message = f"{exc_type.__name__}: {exc}".splitlines()[0][:1000]
+            self.client.set_tag(self.run_id, "failure", message)
+            self.client.set_terminated(self.run_id, "FAILED")
+        except Exception as err:
+            log.warning("could not mark MLflow run %s FAILED: %s", self.run_id, err)
         return False
 
     def run_url(self) -> str:
