@@ -7,6 +7,7 @@ checkpoints and any MLflow store inside the test's own tmp folder.
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,19 @@ CORPORA = Path(__file__).resolve().parent.parent.parent / "shared" / "corpora"
 
 
 @pytest.fixture
-def trainer_home(tmp_path, monkeypatch) -> Path:
+def trainer_home(tmp_path, monkeypatch) -> Iterator[Path]:
+    import torch
+
     home = tmp_path / "home"
     home.mkdir()
     monkeypatch.setenv("CHARFLOW_HOME", str(home))
     monkeypatch.chdir(home)
-    return home
+    # Tiny models gain nothing from a second thread, and on a busy machine OpenMP threads
+    # waiting for each other make every step many times slower.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield home
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")
