@@ -52,7 +52,7 @@ _INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\ufeff"))  # soft hyphen, zero-
 _SCENE = re.compile(r"^[\[(]\s*scene\b\s*[:;,]?\s*(?P<body>.*?)\s*[\])]?$", re.IGNORECASE)
 _SPEAKER = re.compile(
     r"^(?P<name>[^\W\d_][\w.'’&,/#\- ]{0,48}?)\s*"
-    r"(?P<aside>[\[(][^\[\]()]{1,120}[\])])?\s*:\s*(?P<text>.*)$"
+    r"(?P<aside>[\[(][^\[\]()]{1,120}[\])])?\s*:[\s:]*(?P<text>.*)$"
 )
 _CREDIT = re.compile(
     r"^(?P<role>(?:[\w'’&]+\s+){0,7}?(?:by|from|(?:teleplay|story|aired)(?:\s+by)?))\b\s*:?\s*(?P<who>.*)$",

@@ -20,6 +20,7 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -153,40 +154,61 @@ def walk_go_files(root: Path, options: dict) -> Iterator[tuple[str, Path] | Skip
     if not root.is_dir():
         raise IngestError(f"not a directory: {root}")
     opts = {**OPTIONS, **options}
-    stack: list[tuple[Path, str]] = [(root, "")]
+    stack = [_listing(root, "")]  # one iterator of sorted entries per open folder
     while stack:
-        folder, prefix = stack.pop()
-        try:
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as err:
-            yield Skipped(prefix or ".", f"cannot list folder: {err.strerror}")
-            continue
-        subfolders = []
-        for entry in entries:
-            rel = prefix + entry.name
-            is_go = entry.name.endswith(".go")
-            if entry.is_symlink():
-                if is_go or entry.is_dir():  # is_dir() follows the link: a linked folder
-                    yield Skipped(rel, _symlink_reason(Path(entry.path), root))
-                continue
-            if entry.is_dir():
-                why = _excluded(entry.name, opts)
-                if why:
-                    yield Skipped(rel + "/", why)
-                else:
-                    subfolders.append((Path(entry.path), rel + "/"))
-                continue
-            if not is_go or not entry.is_file():
-                continue
-            if hidden(entry.name) and not opts["include_hidden"]:
-                yield Skipped(rel, "hidden file (--option include_hidden=true takes it)")
-            elif entry.name.endswith("_test.go") and not opts["tests"]:
-                continue  # asked for: not a loss worth a line in the manifest
-            elif generated_by_name(entry.name) and not opts["include_generated"]:
-                yield Skipped(rel, "generated (by its name); --option include_generated=true")
-            else:
+        entry = next(stack[-1], None)
+        if entry is None:
+            stack.pop()
+        elif isinstance(entry, Skipped):
+            yield entry
+        else:
+            rel = entry.prefix + entry.name
+            why = _why_not(entry, root, opts)
+            if why:
+                yield Skipped(rel + ("/" if entry.is_folder and not entry.is_link else ""), why)
+            elif why is None and entry.is_folder:
+                stack.append(_listing(Path(entry.path), rel + "/"))
+            elif why is None:
                 yield rel, Path(entry.path)
-        stack.extend(reversed(subfolders))  # depth first, in sorted order
+
+
+@dataclass(frozen=True)
+class _Entry:
+    prefix: str
+    name: str
+    path: str
+    is_link: bool
+    is_folder: bool  # for a link: whether it points at a folder
+    is_go: bool
+
+
+def _listing(folder: Path, prefix: str) -> Iterator[_Entry | Skipped]:
+    try:
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
+    except OSError as err:
+        yield Skipped(prefix or "./", f"cannot list folder: {err.strerror}")
+        return
+    for e in entries:
+        is_go = e.name.endswith(".go") and (e.is_symlink() or e.is_file())
+        yield _Entry(prefix, e.name, e.path, e.is_symlink(), e.is_dir(), is_go)
+
+
+def _why_not(entry: _Entry, root: Path, opts: dict) -> str | None:
+    """Why an entry is not taken or walked: None takes it, "" drops it without a word
+    (not Go, or a test file when asked for none), anything else is the recorded reason."""
+    if entry.is_link:
+        return _symlink_reason(Path(entry.path), root) if entry.is_go or entry.is_folder else ""
+    if entry.is_folder:
+        return _excluded(entry.name, opts)
+    if not entry.is_go:
+        return ""
+    if hidden(entry.name) and not opts["include_hidden"]:
+        return "hidden file (--option include_hidden=true takes it)"
+    if entry.name.endswith("_test.go") and not opts["tests"]:
+        return ""
+    if generated_by_name(entry.name) and not opts["include_generated"]:
+        return "generated (by its name); --option include_generated=true takes it"
+    return None
 
 
 # -- the corpus ---------------------------------------------------------------------------
