@@ -263,3 +263,22 @@ def test_title_falls_back_to_the_title_image():
     essay = parse_essay(page)
     assert (essay.title, essay.date) == ("An Essay Without a Title Tag", "1993")
     assert essay.text == "1993\n\nBody text."
+
+
+def test_html_to_text_on_sloppy_markup():
+    from bs4 import BeautifulSoup
+
+    from cleaners.html_text import escape_raw_text, html_to_text
+
+    page = escape_raw_text(
+        "<div>Intro <!-- hidden --> text<script>var x = '<b>no</b>';</script>"
+        "<style>p {}</style><br>line two<br><br><br><br>para"
+        "<ol><li>one<li>two</ol><ul><li>dot</ul>"
+        "<table><tr><td>a<td>b<tr><td>c<td>d</table>"
+        "<xmp>\n  if (a < b) <i>raw</i>\n    x\n</xmp>"
+        "e<sup>i*pi</sup> &amp; caf&eacute;&nbsp;ok</div>"
+    )
+    assert html_to_text(BeautifulSoup(page, "html.parser")) == (
+        "Intro text\nline two\n\npara\n\n1. one\n2. two\n\n- dot\n\na\tb\nc\td\n\n"
+        "  if (a < b) <i>raw</i>\n    x\n\ne^i*pi & café ok"
+    )
