@@ -59,21 +59,29 @@ def resolve_options(spec: CorpusSpec, options: dict | None) -> dict:
 
 
 class Progress:
-    """A tqdm bar on a terminal, a log line every ~10% otherwise."""
+    """A tqdm bar on a terminal, a log line every ~10% otherwise. Counts documents out of
+    the limit when there is one, else raw items (fetched or skipped) out of what the
+    gatherer announced."""
 
-    def __init__(self, name: str, enabled: bool | None):
+    def __init__(self, name: str, enabled: bool | None, limit: int | None = None):
         self.name = name
-        self.tty = sys.stderr.isatty() if enabled is None else enabled
-        self.count = 0
-        self.total: int | None = None
+        self.limit = limit
+        self.unit = "documents" if limit else "items"
+        self.total: int | None = limit
+        self.position = 0
+        self.items = 0
         self.bar = None
-        if self.tty:
+        if sys.stderr.isatty() if enabled is None else enabled:
             from tqdm import tqdm
 
-            self.bar = tqdm(desc=f"ingest {name}", unit="item", file=sys.stderr, dynamic_ncols=True)
-        self._last_logged = time.monotonic()
+            self.bar = tqdm(
+                desc=f"ingest {name}", total=limit, unit=self.unit[:-1], file=sys.stderr
+            )
+        self._logged_at = time.monotonic()
 
     def set_total(self, total: int) -> None:
+        if self.limit:
+            return
         self.total = total
         if self.bar is not None:
             self.bar.total = total
@@ -86,17 +94,21 @@ class Progress:
             log.info(text)
 
     def step(self, documents: int) -> None:
-        self.count += 1
+        self.items += 1
+        before, self.position = self.position, documents if self.limit else self.items
         if self.bar is not None:
             self.bar.set_postfix(documents=documents, refresh=False)
-            self.bar.update()
+            self.bar.update(self.position - before)
             return
         every = max(1, (self.total or 500) // 10)
         now = time.monotonic()
-        if self.count % every == 0 or now - self._last_logged > 30:
-            self._last_logged = now
+        if self.position // every > before // every or now - self._logged_at > 30:
+            self._logged_at = now
             of = f"/{self.total}" if self.total else ""
-            log.info("ingest %s: %d%s items, %d documents", self.name, self.count, of, documents)
+            log.info(
+                "ingest %s: %d%s %s (%d items, %d documents)",
+                self.name, self.position, of, self.unit, self.items, documents,
+            )  # fmt: skip
 
     def close(self) -> None:
         if self.bar is not None:
@@ -127,7 +139,7 @@ def ingest(
     own_fetcher = fetcher is None
     fetcher = fetcher or Fetcher()
     stats_before = dict(fetcher.stats)
-    bar = Progress(spec.name, progress)
+    bar = Progress(spec.name, progress, limit)
     ctx = GatherContext(
         name=spec.name,
         source=source,

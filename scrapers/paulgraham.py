@@ -42,7 +42,7 @@ def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
         raise IngestError(f"cannot read the essay index {index_url}: {index.reason}")
     urls, offsite = essay_urls(index.url, index_links(index.read_bytes()))
     ctx.log(f"essay index: {len(urls)} essays, {len(offsite)} off-site links left out")
-    ctx.set_total(len(urls) if ctx.limit is None else min(len(urls), ctx.limit))
+    ctx.set_total(len(offsite) + len(urls))
     yield from offsite
     for url in urls:
         page = ctx.fetcher.get(url, ctx.raw_dir)

@@ -216,7 +216,7 @@ def test_cli_ingest_shows_progress_lines(mirror, tmp_path):
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     assert "essay index: 228 essays" in out.stderr
-    assert re.search(r"ingest paulgraham: 5/10 items, \d+ documents", out.stderr)
+    assert re.search(r"ingest paulgraham: 5/10 documents \(\d+ items, 5 documents\)", out.stderr)
     assert "10 documents" in out.stdout and str(tmp_path / "paulgraham") in out.stdout
 
 
