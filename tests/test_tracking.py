@@ -60,6 +60,13 @@ def test_default_uri_honours_charflow_home_and_env(tmp_path, monkeypatch):
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking.default_tracking_uri() == "http://127.0.0.1:5999"
 
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    assert tracking.ui_run_url("3", "abc") == "http://127.0.0.1:5999/#/experiments/3/runs/abc"
+    local = f"sqlite:///{tmp_path}/mlflow.db"
+    assert tracking.ui_run_url("3", "abc", local).startswith("http://127.0.0.1:5000/#/")
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://ui.example:8080/")
+    assert tracking.ui_run_url("3", "abc") == "http://ui.example:8080/#/experiments/3/runs/abc"
+
 
 def test_run_logs_params_metrics_samples_dataset_and_curve(store, tmp_path):
     source = tmp_path / "corpus"

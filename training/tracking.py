@@ -126,6 +126,14 @@ def _client() -> MlflowClient:
     return MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
 
 
+def ui_run_url(experiment_id: str, run_id: str, tracking_uri: str | None = None) -> str:
+    """MLflow UI page of a run: under $MLFLOW_UI_URL, else the tracking server, else the
+    local UI address that `make mlflow-ui` serves."""
+    uri = tracking_uri or default_tracking_uri()
+    base = os.environ.get("MLFLOW_UI_URL") or (uri if _is_http(uri) else "http://127.0.0.1:5000")
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+
+
 def experiment_name(corpus: str) -> str:
     return EXPERIMENT_PREFIX + corpus
 
@@ -319,10 +327,7 @@ class RunTracker:
         return False
 
     def run_url(self) -> str:
-        base = os.environ.get("MLFLOW_UI_URL") or (
-            self.tracking_uri if _is_http(self.tracking_uri) else "http://127.0.0.1:5000"
-        )
-        return f"{base.rstrip('/')}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return ui_run_url(self.experiment_id, self.run_id, self.tracking_uri)
 
     # logging
 
