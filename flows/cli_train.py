@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -122,12 +123,16 @@ def sample(
     )
     first = next(chars, "")  # an unknown prime character fails here, before any output
     out = sys.stdout
-    out.write(prime + first)
-    out.flush()
-    for ch in chars:
-        out.write(ch)
+    try:
+        out.write(prime + first)
         out.flush()
-    out.write("\n")
+        for ch in chars:
+            out.write(ch)
+            out.flush()
+        out.write("\n")
+        out.flush()
+    except BrokenPipeError:  # the reader (e.g. `head`) has had enough: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), out.fileno())
 
 
 def register(app: typer.Typer) -> None:

@@ -55,10 +55,11 @@ def generate(
     model.eval()
     try:
         logits, state = model(torch.tensor([ids], device=device))
-        for _ in range(length):
+        for i in range(length):
             next_id = _pick(logits[0, -1].float(), temperature, top_k, gen)
             yield vocab[next_id]
-            logits, state = model(torch.tensor([[next_id]], device=device), state)
+            if i + 1 < length:
+                logits, state = model(torch.tensor([[next_id]], device=device), state)
     finally:
         model.train(was_training)
 
