@@ -14,6 +14,7 @@ import ctypes.util
 import hashlib
 import json
 import os
+import re
 import shutil
 import subprocess
 import unicodedata
@@ -32,6 +33,8 @@ DOCUMENTS_FILE = "documents.jsonl"
 MANIFEST_FILE = "manifest.json"
 RAW_DIR = "raw"
 STAGING_PREFIX = ".staging-"
+# .staging-<corpus>-<pid>-<random>: the pid tells a killed run's folder from a live one's.
+STAGING_NAME = re.compile(r"\.staging-(?P<name>.+)-(?P<pid>\d+)-[0-9a-f]{32}")
 CORE_FIELDS = (
     "id",
     "source",
@@ -110,9 +113,31 @@ def swap_into_place(staging: Path, target: Path) -> None:
     os.rename(aside, staging)
 
 
+def _staging_owner(folder: Path, target: Path) -> int | None:
+    """The pid that made a staging folder of `target` (None: not one of target's)."""
+    match = STAGING_NAME.fullmatch(folder.name)
+    if match is None or match["name"] != target.name:
+        return None
+    return int(match["pid"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def recover_staging(target: Path) -> None:
-    """Remove staging folders of killed runs, taking back a raw cache one of them holds."""
-    for stale in sorted(target.parent.glob(f"{STAGING_PREFIX}{target.name}-*")):
+    """Remove staging folders of killed runs, taking back a raw cache one of them holds.
+    Folders of runs still alive (a concurrent ingest of the same corpus) are left alone."""
+    for stale in sorted(target.parent.glob(f"{STAGING_PREFIX}*")):
+        pid = _staging_owner(stale, target)
+        if pid is None or (pid != os.getpid() and _alive(pid)):
+            continue
         raw = stale / RAW_DIR
         if raw.is_dir() and not (target / RAW_DIR).exists():
             target.mkdir(parents=True, exist_ok=True)
@@ -149,7 +174,8 @@ class CorpusWriter:
         self.target = Path(corpus_dir)
         self.target.parent.mkdir(parents=True, exist_ok=True)
         recover_staging(self.target)
-        self.staging = self.target.parent / f"{STAGING_PREFIX}{self.target.name}-{uuid.uuid4().hex}"
+        unique = f"{self.target.name}-{os.getpid()}-{uuid.uuid4().hex}"
+        self.staging = self.target.parent / f"{STAGING_PREFIX}{unique}"
         self.staging.mkdir()
         # Open for the writer's lifetime; commit() or abort() closes them.
         self._corpus = self._open(CORPUS_FILE)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import subprocess
 
 import pytest
 
@@ -117,17 +118,31 @@ def test_changed_options_rewrite(tmp_path):
     assert not writer.unchanged and manifest["options"] == {"x": 2}
 
 
+def dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
 def test_staging_left_by_a_killed_run_is_cleaned_and_its_raw_cache_recovered(tmp_path):
     corpus_dir = tmp_path / "toy"
     write(corpus_dir)
     # A run killed after moving raw/ into its staging folder, before the swap.
-    stale = tmp_path / f"{STAGING_PREFIX}toy-deadbeef"
+    stale = tmp_path / f"{STAGING_PREFIX}toy-{dead_pid()}-{'a' * 32}"
     (stale / "raw").mkdir(parents=True)
     (stale / "raw" / "cached.body").write_bytes(b"cache")
     (stale / CORPUS_FILE).write_text("half written")
-    write(corpus_dir)
+    # A live run of the same corpus, and a run of another corpus whose name starts alike.
+    with subprocess.Popen(["sleep", "60"]) as live:
+        running = tmp_path / f"{STAGING_PREFIX}toy-{live.pid}-{'b' * 32}"
+        other = tmp_path / f"{STAGING_PREFIX}toy-extra-{dead_pid()}-{'c' * 32}"
+        running.mkdir()
+        other.mkdir()
+        write(corpus_dir)
+        live.kill()
     assert (corpus_dir / "raw" / "cached.body").read_bytes() == b"cache"
     assert not stale.exists()
+    assert running.is_dir() and other.is_dir()
 
 
 def test_meta_may_not_override_core_fields(tmp_path):
