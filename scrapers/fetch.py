@@ -19,6 +19,7 @@ import email.utils
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 import urllib.robotparser
@@ -128,6 +129,12 @@ def _retry_after(value: str | None) -> float | None:
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
     return max(0.0, (when - datetime.now(UTC)).total_seconds())
+
+
+def _describe(err: Exception) -> str:
+    """A short reason for a connection failure: urllib3's messages run several lines."""
+    errno = re.search(r"\[Errno -?\d+\] [^'\")]+", str(err))
+    return f"{type(err).__name__} ({errno.group(0)})" if errno else type(err).__name__
 
 
 class Fetcher:
@@ -309,7 +316,7 @@ class Fetcher:
                 )
             except (requests.ConnectionError, requests.Timeout) as err:
                 if attempt == self.retries:
-                    return None, f"{type(err).__name__} after {self.retries} retries: {err}"
+                    return None, f"{_describe(err)} after {self.retries} retries"
                 delay = None
             else:
                 if response.status_code not in RETRY_STATUSES:
