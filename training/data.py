@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -98,7 +99,8 @@ def prepare_dataset(
 ) -> Dataset:
     """Encode `source` (a corpus folder or a UTF-8 text file), reusing the cache by digest.
 
-    `progress`, if given, is called with a short message before each slow pass.
+    `progress`, if given, is told when a corpus was encoded (not before: bad input gets
+    one line, the error).
     """
     source = Path(source)
     text_path, docs_path = _locate(source)
@@ -107,12 +109,14 @@ def prepare_dataset(
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
             "and leave room for training data"
         )
-    say = progress or (lambda msg: None)
     digest = file_digest(text_path)
     folder = Path(cache_dir or default_cache_dir()) / digest
     if not (folder / "meta.json").exists():
-        say(f"encoding {text_path} (first use of this corpus; cached under {folder})")
+        started = time.perf_counter()
         _encode_to_cache(text_path, digest, folder)
+        if progress:
+            seconds = time.perf_counter() - started
+            progress(f"encoded {text_path} in {seconds:.1f} s; cached under {folder}")
     ids, vocab = _open_cache(folder, digest)
     splits, num_docs = _split(len(ids), docs_path, val_fraction, test_fraction)
     return Dataset(corpus_name(source), source, digest, vocab, ids, splits, num_docs)

@@ -157,13 +157,19 @@ def train(
     ckpt = _load_resume(last_path, cfg) if resume else None
     show = sys.stderr.isatty() if progress is None else progress
     log = _Log(show)
+    notes: list[str] = []  # shown once the input is known to be good: errors stay one line
     data = prepare_dataset(
-        source, val_fraction=cfg.val_fraction, test_fraction=cfg.test_fraction, progress=log
+        source,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        progress=notes.append,
     )
     if ckpt and ckpt["corpus_digest"] != data.digest:
         raise TrainingError(f"{last_path} was trained on another corpus text (digest differs)")
     device = resolve_device(cfg.device)
     train_streams, val_ids, test_ids = _check_splits(cfg, data, device)
+    for note in notes:
+        log(note)
 
     torch.manual_seed(cfg.seed)
     model = build_model(cfg, len(data.vocab)).to(device)
