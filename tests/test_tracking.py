@@ -56,6 +56,11 @@ def test_default_uri_honours_charflow_home_and_env(tmp_path, monkeypatch):
     assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert tracking.configure_mlflow() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
+    # MLflow exports the URIs it is given; a later CHARFLOW_HOME must still win.
+    assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
+    monkeypatch.setenv("CHARFLOW_HOME", str(tmp_path / "other"))
+    assert tracking.configure_mlflow() == f"sqlite:///{tmp_path}/other/mlruns/mlflow.db"
+    assert MlflowClient().tracking_uri == f"sqlite:///{tmp_path}/other/mlruns/mlflow.db"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
     assert tracking.default_tracking_uri() == "http://127.0.0.1:5999"
