@@ -107,10 +107,18 @@ class RawSnapshot:
         return sum(isinstance(item, RawItem) for item in self.items)
 
 
+# RawItem metadata that says how a fetch went, not what was fetched.
+VOLATILE_META = frozenset({"from_cache", "fetched_at"})
+
+
 def raw_fingerprint(items: list[RawItem | Skipped]) -> str:
     """sha256 over every item's source, bytes and metadata, and every skip's reason."""
     rows = [
-        {"source": i.source, "sha256": file_sha256(i.path), "meta": i.meta}
+        {
+            "source": i.source,
+            "sha256": file_sha256(i.path),
+            "meta": {k: v for k, v in i.meta.items() if k not in VOLATILE_META},
+        }
         if isinstance(i, RawItem)
         else {"skipped": i.source, "reason": i.reason}
         for i in items

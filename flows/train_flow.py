@@ -13,6 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
+from flows.cli_train import corpus_defaults
 from flows.tasks import (
     corpus_on_disk,
     data_root,
@@ -22,7 +23,6 @@ from flows.tasks import (
     train_model,
 )
 from scrapers.errors import IngestError
-from scrapers.registry import get_corpus
 from training.config import build_config
 
 
@@ -57,8 +57,7 @@ def train_flow(
         report_training(corpus, reason)
         return {"corpus": corpus, "trained": False, "reason": reason}
 
-    spec = get_corpus(corpus)
-    cfg = build_config(preset, spec.training_defaults, **(overrides or {}))
+    cfg = build_config(preset, corpus_defaults(corpus), **(overrides or {}))
     encoded = encode_corpus(corpus, str(corpus_dir), digest, cfg.val_fraction, cfg.test_fraction)
     tags = {
         "prefect_flow_run": str(flow_run.name),
