@@ -14,6 +14,7 @@ import re
 PATH_HEADER = "// path: {path}\n"
 # golang.org/s/generatedcode: this line, before the first non-comment, non-blank text.
 _GENERATED_LINE = re.compile(rb"^// Code generated .* DO NOT EDIT\.$")
+_GENERATED_PREFIX = b"// Code generated "
 _HEAD_BYTES = 1 << 16  # license headers are long, but not this long
 # Folders a build leaves alone and a language model should too (unless asked).
 EXCLUDED_DIRS = {"vendor": "include_vendor", "third_party": "include_third_party"}
@@ -41,21 +42,30 @@ def generated_by_name(name: str) -> bool:
 
 def generated_by_header(data: bytes) -> bool:
     """Whether the file carries `// Code generated ... DO NOT EDIT.` before its code."""
+    head = data[:_HEAD_BYTES]
+    at = head.find(_GENERATED_PREFIX)
+    while at >= 0:  # rare: most files never mention it, and are done in one find
+        if at == 0 or head[at - 1 : at] == b"\n":
+            end = head.find(b"\n", at)
+            line = head[at : end if end >= 0 else len(head)].rstrip(b"\r")
+            if _GENERATED_LINE.match(line):
+                return _only_comments(head[:at])
+        at = head.find(_GENERATED_PREFIX, at + 1)
+    return False
+
+
+def _only_comments(text: bytes) -> bool:
+    """Whether text holds nothing but blank lines and comments (no code yet)."""
     in_block = False
-    for raw in data[:_HEAD_BYTES].splitlines():
+    for raw in text.splitlines():
         line = raw.strip()
         if in_block:
             in_block = b"*/" not in line
-            continue
-        if _GENERATED_LINE.match(raw.rstrip(b"\r")):
-            return True
-        if not line or line.startswith(b"//"):
-            continue
-        if line.startswith(b"/*"):
+        elif line.startswith(b"/*"):
             in_block = b"*/" not in line[2:]
-            continue
-        return False  # the package clause (or any code): the header is over
-    return False
+        elif line and not line.startswith(b"//"):
+            return False
+    return not in_block
 
 
 def is_binary(data: bytes) -> bool:

@@ -20,8 +20,8 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 from cleaners.gosource import (
@@ -172,8 +172,7 @@ def walk_go_files(root: Path, options: dict) -> Iterator[tuple[str, Path] | Skip
                 yield rel, Path(entry.path)
 
 
-@dataclass(frozen=True)
-class _Entry:
+class _Entry(NamedTuple):
     prefix: str
     name: str
     path: str
@@ -183,14 +182,17 @@ class _Entry:
 
 
 def _listing(folder: Path, prefix: str) -> Iterator[_Entry | Skipped]:
+    """The folder's entries that matter (folders, links, .go files), sorted by name."""
     try:
         entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except OSError as err:
         yield Skipped(prefix or "./", f"cannot list folder: {err.strerror}")
         return
     for e in entries:
-        is_go = e.name.endswith(".go") and (e.is_symlink() or e.is_file())
-        yield _Entry(prefix, e.name, e.path, e.is_symlink(), e.is_dir(), is_go)
+        is_link, is_folder = e.is_symlink(), e.is_dir()
+        is_go = e.name.endswith(".go") and (is_link or e.is_file())  # never a pipe or device
+        if is_go or is_link or is_folder:
+            yield _Entry(prefix, e.name, e.path, is_link, is_folder, is_go)
 
 
 def _why_not(entry: _Entry, root: Path, opts: dict) -> str | None:
@@ -245,8 +247,13 @@ def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
             yield RawItem(_file_source(source, ref, rel), path, {"path": rel, **meta})
 
 
+def read_file(path: Path) -> bytes:
+    with open(path, "rb", buffering=0) as f:  # one read call, no buffer layer in between
+        return f.readall()
+
+
 def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
-    data = item.path.read_bytes()
+    data = read_file(item.path)
     if is_binary(data):
         yield Skipped(item.source, "binary file (NUL bytes)")
         return
