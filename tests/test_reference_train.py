@@ -136,6 +136,7 @@ def test_tracked_run_uses_the_trainers_names(text_file, capsys):
     }
     assert {k: params[k] for k in expected} == expected
     assert params["corpus"] == "repeat-test" and len(params["corpus_digest"]) == 64
+    assert params["code_version"]
     assert set(run.data.metrics) <= set(METRICS)
     assert {"train_loss", "val_loss", "test_loss"} <= set(run.data.metrics)
     history = client.get_metric_history(result.run_id, "train_loss")

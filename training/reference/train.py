@@ -129,7 +129,7 @@ def train_scratch(
         if run is not None:
             run.log_params(run_params(cfg, ds, model, corpus))
             run.log_dataset(
-                name=ds.name,
+                name=corpus,
                 digest=ds.digest,
                 source=str(ds.source),
                 num_chars=ds.num_chars,
@@ -192,6 +192,8 @@ def train_scratch(
 
 def run_params(cfg: ScratchConfig, ds, model, corpus: str) -> dict:
     """TrainConfig's names where they apply, so the MLflow UI lines runs up column by column."""
+    from training.loop import code_version  # the trainer's, so both runs report it alike
+
     params = asdict(cfg)
     params["model"] = "rnn" if cfg.model == "minchar" else cfg.model
     params |= {
@@ -210,6 +212,7 @@ def run_params(cfg: ScratchConfig, ds, model, corpus: str) -> dict:
         "vocab_size": len(ds.vocab),
         "param_count": sum(p.size for p in model.params.values()),
         "device": "cpu",
+        "code_version": code_version(),
         "world_size": 1,
         "global_batch_size": 1,
     }
