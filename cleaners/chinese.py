@@ -48,6 +48,7 @@ _AD_WORDS = re.compile(
 _MAX_AD_CHARS = 80
 _CLOSING = tuple("。！？；：”’」』）》…!?;")
 _SPACE_RUN = re.compile(r"[ \t\u3000\xa0]+")
+_PRIVATE_USE = re.compile("[\ue000-\uf8ff\U000f0000-\U0010fffd]")  # BMP, planes 15-16
 
 
 class EncodingError(ValueError):
@@ -77,11 +78,7 @@ class Novel:
 
 
 def count_pua(text: str) -> int:
-    return sum(
-        1
-        for c in text
-        if "\ue000" <= c <= "\uf8ff" or "\U000f0000" <= c <= "\U0010fffd"  # BMP, planes 15-16
-    )
+    return len(_PRIVATE_USE.findall(text))
 
 
 def _strict(data: bytes, encoding: str) -> str | None:
@@ -140,9 +137,14 @@ def chinese_number(numeral: str) -> int:
     return total + (digit or 0)
 
 
-def _width(text: str) -> int:
+@functools.cache
+def _char_width(c: str) -> int:
     # Full-width and ambiguous characters take two columns in a Chinese text file.
-    return sum(2 if unicodedata.east_asian_width(c) in "WFA" else 1 for c in text)
+    return 2 if unicodedata.east_asian_width(c) in "WFA" else 1
+
+
+def _width(text: str) -> int:
+    return len(text) if text.isascii() else sum(map(_char_width, text))
 
 
 def _indent(line: str) -> tuple[int, str]:
@@ -170,23 +172,14 @@ def heading_of(line: str) -> tuple[int, str] | None:
         return None
 
 
-def _layout(lines: list[str]) -> tuple[int | None, int]:
-    """(wrap width or None if not hard-wrapped, usual paragraph indentation width)."""
-    widths = Counter()
-    indents = Counter()
-    nonblank = 0
-    for line in lines:
-        if not line.strip():
-            continue
-        nonblank += 1
-        width = _width(line)
-        if width >= 40:
-            widths[width] += 1
-        indent, _ = _indent(line)
-        if indent:
-            indents[indent] += 1
+def _layout(lines: list[tuple[int, str, int]]) -> tuple[int | None, int]:
+    """(wrap width or None if not hard-wrapped, usual paragraph indentation width), from
+    the (indent, body, width) of each line."""
+    widths = Counter(width for _, body, width in lines if body and width >= 40)
+    indents = Counter(indent for indent, body, _ in lines if body and indent)
+    nonblank = sum(1 for _, body, _ in lines if body)
     normal_indent = indents.most_common(1)[0][0] if indents else 0
-    if not widths or not nonblank:
+    if not widths:
         return None, normal_indent
     mode = widths.most_common(1)[0][0]
     near = sum(n for w, n in widths.items() if abs(w - mode) <= 4)
@@ -247,8 +240,8 @@ def _prose_lines(block: list[tuple[int, str, int]], wrap: int | None) -> list[st
 
 def paragraphs(text: str) -> list[str]:
     """Lines -> one line per heading, paragraph or verse line; noise lines dropped."""
-    lines = [line.rstrip() for line in text.split("\n")]
-    lines = [line for line in lines if not is_noise(line)]
+    stripped = (line.rstrip() for line in text.split("\n"))
+    lines = [(*_indent(line), _width(line)) for line in stripped if not is_noise(line)]
     wrap, normal_indent = _layout(lines)
     out: list[str] = []
     run: list[tuple[int, str, int]] = []  # consecutive prose lines
@@ -262,8 +255,7 @@ def paragraphs(text: str) -> list[str]:
             out.extend(_verse_lines(verse))
             verse.clear()
 
-    for line in lines:
-        indent, body = _indent(line)
+    for indent, body, width in lines:
         if not body:
             flush()
         elif heading_of(body):
@@ -277,7 +269,7 @@ def paragraphs(text: str) -> list[str]:
         else:
             if verse:
                 flush()
-            run.append((indent, body, _width(line)))
+            run.append((indent, body, width))
     flush()
     return out
 
