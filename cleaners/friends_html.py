@@ -39,6 +39,10 @@ _MARKUP = re.compile(
     r"|</?(?P<tag>[a-zA-Z][\w:-]*)(?:\s(?:[^>\"']|\"[^\"]*\"|'[^']*')*)?/?>",
     re.DOTALL,
 )
+_BOLD = frozenset({"b", "strong"})
+_SENTENCE_END = tuple(".!?)]\"'…’”-")
+# A bold speaker label: "Joey:" inside the bold, or the colon right after it.
+_BOLD_SPEAKER = re.compile(r"\s*[A-Z][\w.'’ ]{0,40}?\s*(?:</(?:b|strong)>\s*)?:", re.IGNORECASE)
 _HIDDEN = re.compile(r"<(script|style|noscript|title)\b.*?</\1\s*>", re.DOTALL | re.IGNORECASE)
 _LINK = re.compile(
     r"<a\s[^>]*?\bhref\s*=\s*(?:\"([^\"]*)\"|'([^']*)'|([^\s>]+))[^>]*>(?P<label>.*?)</a\s*>",
@@ -98,6 +102,15 @@ class _Block:
     soft: bool  # separated from the previous block by one <br> only
 
 
+def _second_speaker(page: str, pos: int, before: list[str]) -> bool:
+    """Whether the bold text at pos names a speaker after a finished sentence:
+    "Maybe. <b>Joey:</b> Wait." is two utterances in one paragraph, while
+    "<b>Chandler and </b><b>Joey:</b>" is one name in two tags."""
+    if not _BOLD_SPEAKER.match(page, pos):
+        return False
+    return html.unescape("".join(before)).rstrip().endswith(_SENTENCE_END)
+
+
 def _read_blocks(page: str) -> tuple[list[_Block], str]:
     """Flatten a page into text blocks, and its <title>, without building a tree."""
     title = _TITLE.search(page)
@@ -118,7 +131,8 @@ def _read_blocks(page: str) -> tuple[list[_Block], str]:
         buf.append(page[pos : m.start()])
         pos = m.end()
         tag = (m["tag"] or "").lower()
-        if tag in _BLOCK_TAGS:
+        opens_speaker = tag in _BOLD and m[0][1] != "/" and _second_speaker(page, pos, buf)
+        if tag in _BLOCK_TAGS or opens_speaker:
             flush()
             gap.append(tag)
     buf.append(page[pos:])

@@ -83,6 +83,8 @@ def test_bold_speakers_misnested_tags_and_strong(friends):
     assert "All: Oh, yeah. Had that dream." in lines  # <strong>
     assert "Ross: (mortified) Hi." in lines
     assert "Customer: (To Rachel) Ahh, miss? More coffee?" in lines  # &nbsp;&nbsp; inside
+    at = lines.index("Monica: Maybe.")  # two bold speakers in one <p>
+    assert lines[at + 1] == "Joey: Wait. Your 'not a real date' tonight is with Paul the Wine Guy?"
 
 
 def test_colon_after_the_bold_name(friends):
@@ -201,6 +203,13 @@ def test_markup_variants_give_the_same_line():
     for page in pages:
         episode = parse_episode("<h1>T</h1>\n[Scene: X]<br>\n" + page)
         assert episode.lines == ["[Scene: X]", "Monica: Hi there."], page
+
+
+def test_two_bold_speakers_in_one_paragraph():
+    page = "<h1>T</h1><p><b>Monica:</b> Maybe. <b>Joey:</b> Wait.</p>"
+    assert parse_episode(page).lines == ["Monica: Maybe.", "Joey: Wait."]
+    page = "<h1>T</h1><p><b>Chandler and </b><b>Joey:</b> Hey!</p>"
+    assert parse_episode(page).lines == ["Chandler and Joey: Hey!"]
 
 
 def test_utterances_separated_only_by_br():
