@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -135,6 +135,172 @@ def code_version() -> str:
     return version("charflow")
 
 
+@dataclass
+class Progress:
+    """Everything besides model and optimizer that a checkpoint restores."""
+
+    step: int = 0
+    epoch: int = 0  # passes over the train split
+    data_pos: int = 0  # offset of the next chunk inside every stream
+    elapsed_seconds: float = 0.0
+    best_val_loss: float = math.inf
+    best_step: int = 0
+    bad_evals: int = 0  # evaluations since val loss last improved
+    history: list[dict] = field(default_factory=list)
+    run_id: str | None = None
+
+
+class Trainer:
+    """One run: model, optimizer, carried state and progress. `fit` is the loop."""
+
+    def __init__(self, cfg: TrainConfig, data: Dataset, device, out_dir: Path, corpus: str, log):
+        self.cfg, self.data, self.device, self.corpus, self.log = cfg, data, device, corpus, log
+        self.best_path, self.last_path = out_dir / "best.pt", out_dir / "last.pt"
+        self.streams, self.val_ids, self.test_ids = _check_splits(cfg, data, device)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, len(data.vocab)).to(device)
+        self.opt = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+        )
+        self.param_count = count_parameters(self.model)
+        self.p = Progress()
+        self.state = None  # recurrent state carried from one chunk to the next
+        on_gpu = cfg.bf16 and device.type == "cuda"
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
+        self.tracker = None
+
+    def restore(self, ckpt: dict) -> None:
+        self.model.load_state_dict(ckpt["model"])
+        self.opt.load_state_dict(ckpt["optimizer"])
+        self.p = Progress(**{f.name: ckpt[f.name] for f in fields(Progress)})
+        self.state = _to_state(ckpt["state"], self.device)
+        set_rng_state(ckpt["rng"])
+
+    def checkpoint(self) -> dict:
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.opt.state_dict(),
+            "config": self.cfg.to_params(),
+            "vocab": self.data.vocab,
+            "corpus": self.corpus,
+            "corpus_digest": self.data.digest,
+            "state": _from_state(self.state),
+            "rng": rng_state(),
+            "param_count": self.param_count,
+            "lr": self.opt.param_groups[0]["lr"],
+            **asdict(self.p),
+        }
+
+    def fit(self, bar) -> tuple[str, float]:
+        """Train until a limit; returns why it stopped and chars/s over the training steps."""
+        cfg, p, model, opt = self.cfg, self.p, self.model, self.opt
+        loss_sum, n_losses = torch.zeros((), device=self.device), 0
+        grad_norm = torch.zeros(())
+        train_seconds, train_chars, window_chars = 0.0, 0, 0
+        window_start = time.perf_counter()
+        started = window_start - p.elapsed_seconds
+        evaluated_at = p.step if p.history else -1  # checkpoints are made right after an eval
+        stopped = "max_steps"
+        model.train()
+        try:
+            while p.step < cfg.max_steps:
+                if cfg.max_seconds and p.elapsed_seconds >= cfg.max_seconds:
+                    stopped = "max_seconds"
+                    break
+                if p.data_pos + cfg.seq_len > self.streams.length:  # next pass over the data
+                    p.data_pos, p.epoch, self.state = 0, p.epoch + 1, None
+                x, y = self.streams.chunk(p.data_pos, cfg.seq_len)
+                for group in opt.param_groups:
+                    group["lr"] = learning_rate(cfg, p.step, p.elapsed_seconds)
+                with self.autocast:
+                    logits, state = model(x, self.state)
+                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    model.parameters(), cfg.grad_clip or math.inf
+                )
+                opt.step()
+                self.state = detach_state(state)
+                loss_sum += loss.detach()  # summed on the device: no sync per step
+                n_losses += 1
+                p.step += 1
+                p.data_pos += cfg.seq_len
+                window_chars += x.numel()
+                p.elapsed_seconds = time.perf_counter() - started
+                bar.update()
+                if p.step % cfg.eval_every == 0:
+                    train_loss = loss_sum.item() / n_losses  # waits for the device
+                    seconds = time.perf_counter() - window_start
+                    train_seconds, train_chars = train_seconds + seconds, train_chars + window_chars
+                    stop = self.evaluate_and_save(train_loss, grad_norm, window_chars / seconds)
+                    evaluated_at = p.step
+                    loss_sum.zero_()
+                    n_losses, window_chars = 0, 0
+                    window_start = time.perf_counter()
+                    if stop:
+                        stopped = "early_stopping"
+                        break
+        except KeyboardInterrupt:
+            stopped = "interrupted"
+            self.log("interrupted: saving a checkpoint to resume from")
+        if evaluated_at != p.step:  # the last steps since an evaluation
+            seconds = max(time.perf_counter() - window_start, 1e-9)
+            train_seconds, train_chars = train_seconds + seconds, train_chars + window_chars
+            train_loss = loss_sum.item() / n_losses if n_losses else math.nan
+            self.evaluate_and_save(train_loss, grad_norm, window_chars / seconds)
+        return stopped, train_chars / train_seconds if train_seconds else 0.0
+
+    def evaluate_and_save(self, train_loss: float, grad_norm, chars_per_sec: float) -> bool:
+        """Val loss, checkpoints, log line, metrics and a sample; True when patience ran out."""
+        cfg, p = self.cfg, self.p
+        val_loss = evaluate(self.model, self.val_ids, self.device, self.autocast)
+        row = {
+            "step": p.step,
+            "train_loss": train_loss,
+            "val_loss": val_loss,
+            "lr": self.opt.param_groups[0]["lr"],
+            "grad_norm": float(grad_norm),
+            "chars_per_sec": chars_per_sec,
+        }
+        p.history.append(row)
+        improved = val_loss < p.best_val_loss
+        if improved:
+            p.best_val_loss, p.best_step, p.bad_evals = val_loss, p.step, 0
+        else:
+            p.bad_evals += 1
+        payload = self.checkpoint()
+        save_checkpoint(self.last_path, payload)
+        if improved:
+            save_checkpoint(self.best_path, payload)
+        sample = ""
+        if cfg.sample_chars:  # its own generator: the training RNG stream is left untouched
+            chars = generate(self.model, self.data.vocab, length=cfg.sample_chars, seed=cfg.seed)
+            sample = "".join(chars)
+        self.log(
+            f"step {p.step}/{cfg.max_steps} | train {train_loss:.4f} | val {val_loss:.4f} "
+            f"({val_loss / LN2:.3f} bpc){' *' if improved else ''} | lr {row['lr']:.2e} | "
+            f"{chars_per_sec:,.0f} chars/s | {p.elapsed_seconds:.0f} s"
+        )
+        if sample:
+            self.log("  sample: " + sample[:120].replace("\n", " | "))
+        if self.tracker:
+            metrics = {k: v for k, v in row.items() if k != "step"}
+            metrics.update(train_bpc=train_loss / LN2, val_bpc=val_loss / LN2)
+            self.tracker.log_metrics(metrics, step=p.step)
+            if sample:
+                self.tracker.log_sample(p.step, sample)
+        return bool(cfg.patience) and p.bad_evals >= cfg.patience
+
+    def test_loss(self) -> float:
+        """Loss of the best checkpoint on the test split (nan without one)."""
+        if len(self.test_ids) < 2:
+            return math.nan
+        best = load_checkpoint(self.best_path, map_location=self.device)
+        self.model.load_state_dict(best["model"])
+        return evaluate(self.model, self.test_ids, self.device, self.autocast)
+
+
 def train(
     cfg: TrainConfig,
     source: str | Path,
@@ -153,8 +319,7 @@ def train(
     cfg.validate()
     corpus = corpus or corpus_name(source)
     out_dir = Path(out_dir) if out_dir else default_out_dir(corpus)
-    best_path, last_path = out_dir / "best.pt", out_dir / "last.pt"
-    ckpt = _load_resume(last_path, cfg) if resume else None
+    ckpt = _load_resume(out_dir / "last.pt", cfg) if resume else None
     show = sys.stderr.isatty() if progress is None else progress
     log = _Log(show)
     notes: list[str] = []  # shown once the input is known to be good: errors stay one line
@@ -165,233 +330,94 @@ def train(
         progress=notes.append,
     )
     if ckpt and ckpt["corpus_digest"] != data.digest:
-        raise TrainingError(f"{last_path} was trained on another corpus text (digest differs)")
-    device = resolve_device(cfg.device)
-    train_streams, val_ids, test_ids = _check_splits(cfg, data, device)
+        raise TrainingError(f"{out_dir / 'last.pt'} was trained on another corpus text")
+    trainer = Trainer(cfg, data, resolve_device(cfg.device), out_dir, corpus, log)
+    if ckpt:
+        trainer.restore(ckpt)
+    p = trainer.p
+    if p.step >= cfg.max_steps:
+        raise TrainingError(f"{trainer.last_path} is at step {p.step}; raise max_steps to continue")
     for note in notes:
         log(note)
 
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, len(data.vocab)).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    s = {  # everything besides model and optimizer that a checkpoint restores
-        "step": 0,
-        "epoch": 0,
-        "data_pos": 0,
-        "elapsed_seconds": 0.0,
-        "best_val_loss": math.inf,
-        "best_step": 0,
-        "bad_evals": 0,
-        "history": [],
-        "run_id": None,
-    }
-    state = None
-    if ckpt:
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        s.update({k: ckpt[k] for k in s})
-        state = _to_state(ckpt["state"], device)
-        set_rng_state(ckpt["rng"])
-    if s["step"] >= cfg.max_steps:
-        raise TrainingError(f"{last_path} is at step {s['step']}; raise max_steps to continue")
-    param_count = count_parameters(model)
-    autocast = (
-        torch.autocast("cuda", dtype=torch.bfloat16)
-        if cfg.bf16 and device.type == "cuda"
-        else nullcontext()
-    )
-
-    def checkpoint() -> dict:
-        return {
-            "model": model.state_dict(),
-            "optimizer": opt.state_dict(),
-            "config": cfg.to_params(),
-            "vocab": data.vocab,
-            "corpus": corpus,
-            "corpus_digest": data.digest,
-            "state": _from_state(state),
-            "rng": rng_state(),
-            "param_count": param_count,
-            "lr": learning_rate(cfg, s["step"], s["elapsed_seconds"]),
-            **s,
-        }
-
     with ExitStack() as stack:
-        tracker = None
         if track:
             from training.tracking import RunTracker  # MLflow loads only when tracking
 
-            tracker = stack.enter_context(RunTracker(corpus, tags=run_tags, run_id=s["run_id"]))
-            s["run_id"] = tracker.run_id
-            tracker.log_params(
-                {
-                    **cfg.to_params(),
-                    "corpus": corpus,
-                    "corpus_digest": data.digest,
-                    "vocab_size": len(data.vocab),
-                    "param_count": param_count,
-                    "device": str(device),
-                    "code_version": code_version(),
-                    "world_size": 1,
-                    "global_batch_size": cfg.batch_size,
-                }
-            )
-            tracker.log_dataset(
-                name=corpus,
-                digest=data.digest,
-                source=str(data.source),
-                num_chars=data.num_chars,
-                vocab_size=len(data.vocab),
-                num_documents=data.num_documents,
-            )
+            tracker = RunTracker(corpus, tags=run_tags, run_id=p.run_id)
+            trainer.tracker = stack.enter_context(tracker)
+            p.run_id = tracker.run_id
+            _log_run_inputs(trainer)
             log(f"MLflow run {tracker.run_id}: {tracker.run_url()}")
         log(
-            f"{corpus}: {data.num_chars:,} chars, vocab {len(data.vocab)}, "
-            f"{cfg.model} {cfg.num_layers}x{cfg.hidden_size} with {param_count:,} parameters "
-            f"on {device}; train/val/test {data.split_size('train'):,}/"
-            f"{len(val_ids):,}/{len(test_ids):,} chars"
+            f"{corpus}: {data.num_chars:,} chars, vocab {len(data.vocab)}, {cfg.model} "
+            f"{cfg.num_layers}x{cfg.hidden_size} with {trainer.param_count:,} parameters on "
+            f"{trainer.device}; train/val/test {data.split_size('train'):,}/"
+            f"{len(trainer.val_ids):,}/{len(trainer.test_ids):,} chars"
         )
-
-        bar = stack.enter_context(
-            tqdm(total=cfg.max_steps, initial=s["step"], disable=not show, dynamic_ncols=True)
-        )
-        log.bar = bar
-
-        def evaluate_and_save(train_loss: float, grad_norm: float, chars_per_sec: float) -> bool:
-            """Log metrics and a sample, write checkpoints; True when patience ran out."""
-            val_loss = evaluate(model, val_ids, device, autocast)
-            lr = opt.param_groups[0]["lr"]
-            row = {
-                "step": s["step"],
-                "train_loss": train_loss,
-                "val_loss": val_loss,
-                "lr": lr,
-                "grad_norm": grad_norm,
-                "chars_per_sec": chars_per_sec,
-            }
-            s["history"].append(row)
-            improved = val_loss < s["best_val_loss"]
-            if improved:
-                s["best_val_loss"], s["best_step"], s["bad_evals"] = val_loss, s["step"], 0
-            else:
-                s["bad_evals"] += 1
-            payload = checkpoint()
-            save_checkpoint(last_path, payload)
-            if improved:
-                save_checkpoint(best_path, payload)
-            text = ""
-            if cfg.sample_chars:
-                chars = generate(model, data.vocab, length=cfg.sample_chars, seed=cfg.seed)
-                text = "".join(chars)
-            bar.set_postfix(train=f"{train_loss:.3f}", val=f"{val_loss:.3f}")
-            log(
-                f"step {s['step']}/{cfg.max_steps} | train {train_loss:.4f} | val "
-                f"{val_loss:.4f} ({val_loss / LN2:.3f} bpc){' *' if improved else ''} | "
-                f"lr {lr:.2e} | {chars_per_sec:,.0f} chars/s | {s['elapsed_seconds']:.0f} s"
-            )
-            if text:
-                log("  sample: " + text[:120].replace("\n", " | "))
-            if tracker:
-                metrics = {**row, "train_bpc": train_loss / LN2, "val_bpc": val_loss / LN2}
-                del metrics["step"]
-                tracker.log_metrics(metrics, step=s["step"])
-                if text:
-                    tracker.log_sample(s["step"], text)
-            return bool(cfg.patience) and s["bad_evals"] >= cfg.patience
-
-        chunk = cfg.seq_len
-        loss_sum, n_losses, grad_norm = torch.zeros((), device=device), 0, torch.zeros(())
-        train_seconds, train_chars = 0.0, 0
-        window_start, window_chars = time.perf_counter(), 0
-        started = time.perf_counter() - s["elapsed_seconds"]
-        stopped = "max_steps"
-        evaluated_at = s["step"] if ckpt else -1  # checkpoints are written right after an eval
-        model.train()
-        try:
-            while s["step"] < cfg.max_steps:
-                if cfg.max_seconds and s["elapsed_seconds"] >= cfg.max_seconds:
-                    stopped = "max_seconds"
-                    break
-                if s["data_pos"] + chunk > train_streams.length:  # next pass over the data
-                    s["data_pos"], s["epoch"], state = 0, s["epoch"] + 1, None
-                x, y = train_streams.chunk(s["data_pos"], chunk)
-                for group in opt.param_groups:
-                    group["lr"] = learning_rate(cfg, s["step"], s["elapsed_seconds"])
-                with autocast:
-                    logits, state = model(x, state)
-                    loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                grad_norm = torch.nn.utils.clip_grad_norm_(
-                    model.parameters(), cfg.grad_clip or math.inf
-                )
-                opt.step()
-                state = detach_state(state)
-                loss_sum += loss.detach()  # summed on the device: no sync per step
-                n_losses += 1
-                s["step"] += 1
-                s["data_pos"] += chunk
-                window_chars += x.numel()
-                s["elapsed_seconds"] = time.perf_counter() - started
-                bar.update()
-                if s["step"] % cfg.eval_every == 0:
-                    train_loss = loss_sum.item() / n_losses  # waits for the device
-                    seconds = time.perf_counter() - window_start
-                    train_seconds, train_chars = train_seconds + seconds, train_chars + window_chars
-                    stop = evaluate_and_save(train_loss, float(grad_norm), window_chars / seconds)
-                    evaluated_at = s["step"]
-                    loss_sum.zero_()
-                    n_losses, window_chars = 0, 0
-                    window_start = time.perf_counter()
-                    if stop:
-                        stopped = "early_stopping"
-                        break
-        except KeyboardInterrupt:
-            stopped = "interrupted"
-            log("interrupted: saving a checkpoint to resume from")
-        if evaluated_at != s["step"]:
-            seconds = max(time.perf_counter() - window_start, 1e-9)
-            train_seconds, train_chars = train_seconds + seconds, train_chars + window_chars
-            train_loss = loss_sum.item() / n_losses if n_losses else math.nan
-            evaluate_and_save(train_loss, float(grad_norm), window_chars / seconds)
+        bar = tqdm(total=cfg.max_steps, initial=p.step, disable=not show, dynamic_ncols=True)
+        log.bar = stack.enter_context(bar)
+        stopped, chars_per_sec = trainer.fit(bar)
         bar.close()
-
-        best = load_checkpoint(best_path, map_location=device)
-        model.load_state_dict(best["model"])
-        test_loss = evaluate(model, test_ids, device, autocast) if len(test_ids) > 1 else math.nan
+        test_loss = trainer.test_loss()
         log(
-            f"stopped ({stopped}) at step {s['step']}: best val {s['best_val_loss']:.4f} "
-            f"nats/char ({s['best_val_loss'] / LN2:.3f} bpc) at step {s['best_step']}, "
-            f"test {test_loss:.4f}; checkpoints in {out_dir}"
+            f"stopped ({stopped}) at step {p.step}: best val {p.best_val_loss:.4f} nats/char "
+            f"({p.best_val_loss / LN2:.3f} bpc) at step {p.best_step}, test {test_loss:.4f}; "
+            f"checkpoints in {out_dir}"
         )
-        version, is_champion, reason = None, False, "not tracked"
-        if tracker:
-            if not math.isnan(test_loss):
-                tracker.log_metrics(
-                    {"test_loss": test_loss, "test_bpc": test_loss / LN2}, step=s["step"]
-                )
-            tracker.log_loss_curve(
-                [{k: r[k] for k in ("step", "train_loss", "val_loss")} for r in s["history"]]
-            )
-            result = tracker.log_model(
-                best_path, val_loss=s["best_val_loss"], corpus_digest=data.digest
-            )
-            version, is_champion, reason = result.version, result.is_champion, result.reason
-            log(f"model version {version}: {reason}")
+        model = _log_run_outputs(trainer, test_loss) if track else None
     return TrainResult(
-        run_id=s["run_id"],
-        best_val_loss=s["best_val_loss"],
+        run_id=p.run_id,
+        best_val_loss=p.best_val_loss,
         test_loss=test_loss,
-        steps=s["step"],
+        steps=p.step,
         stopped_because=stopped,
-        best_checkpoint=best_path,
-        last_checkpoint=last_path,
-        model_version=version,
-        is_champion=is_champion,
-        champion_reason=reason,
-        chars_per_sec=train_chars / train_seconds if train_seconds else 0.0,
-        history=s["history"],
+        best_checkpoint=trainer.best_path,
+        last_checkpoint=trainer.last_path,
+        model_version=model.version if model else None,
+        is_champion=model.is_champion if model else False,
+        champion_reason=model.reason if model else "not tracked",
+        chars_per_sec=chars_per_sec,
+        history=p.history,
     )
+
+
+def _log_run_inputs(t: Trainer) -> None:
+    cfg, data = t.cfg, t.data
+    t.tracker.log_params(
+        {
+            **cfg.to_params(),
+            "corpus": t.corpus,
+            "corpus_digest": data.digest,
+            "vocab_size": len(data.vocab),
+            "param_count": t.param_count,
+            "device": str(t.device),
+            "code_version": code_version(),
+            "world_size": 1,
+            "global_batch_size": cfg.batch_size,
+        }
+    )
+    t.tracker.log_dataset(
+        name=t.corpus,
+        digest=data.digest,
+        source=str(data.source),
+        num_chars=data.num_chars,
+        vocab_size=len(data.vocab),
+        num_documents=data.num_documents,
+    )
+
+
+def _log_run_outputs(t: Trainer, test_loss: float):
+    """Test metrics, loss curve, and the best checkpoint as a registered model."""
+    p = t.p
+    if not math.isnan(test_loss):
+        t.tracker.log_metrics({"test_loss": test_loss, "test_bpc": test_loss / LN2}, step=p.step)
+    t.tracker.log_loss_curve(
+        [{k: r[k] for k in ("step", "train_loss", "val_loss")} for r in p.history]
+    )
+    model = t.tracker.log_model(t.best_path, val_loss=p.best_val_loss, corpus_digest=t.data.digest)
+    t.log(f"model version {model.version}: {model.reason}")
+    return model
 
 
 def _load_resume(last_path: Path, cfg: TrainConfig) -> dict:
