@@ -103,6 +103,8 @@ def clone(url: str, ref: str, cache_dir: Path, log=print) -> tuple[Path, str]:
             log(f"using the clone of {url} at {ref} in {checkout}")
             return checkout, cached["commit"]
     cache_dir.mkdir(parents=True, exist_ok=True)
+    for stale in cache_dir.glob(".clone-*"):  # left by a killed run
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = cache_dir / f".clone-{uuid.uuid4().hex}"
     log(f"cloning {url} at {ref} (shallow) into {checkout}")
     try:

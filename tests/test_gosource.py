@@ -223,10 +223,13 @@ def test_git_url_is_cloned_shallow_at_the_pinned_ref(git_repo: Path, tmp_path: P
     assert marker.exists() and corpus_again == corpus
     assert again["corpus_sha256"] == manifest["corpus_sha256"]
 
-    # A branch: the newest commit; a commit id: exactly that commit.
+    # A branch: the newest commit (and a killed run's half clone is cleared away).
+    stale = tmp_path / "branch" / "kubernetes-go" / "raw" / "git" / ".clone-killed"
+    stale.mkdir(parents=True)
     _, docs, _ = run_ingest(url, tmp_path / "branch", ref="main")
+    assert not stale.exists()
     assert [d["title"] for d in docs] == ["cmd/main.go", "later.go"]
-    _, docs, _ = run_ingest(url, tmp_path / "sha", ref=tagged)
+    _, docs, _ = run_ingest(url, tmp_path / "sha", ref=tagged)  # a commit id: that commit
     assert [d["title"] for d in docs] == ["cmd/main.go"]
 
 
