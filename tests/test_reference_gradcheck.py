@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from training.reference import MinCharRNN, build_model, lstm, rnn
+from training.reference import MinCharRNN, build_model, gradcheck, lstm, rnn
 from training.reference.gradcheck import (
     CHECK_HIDDEN,
     CHECK_MODELS,
@@ -112,7 +112,8 @@ def test_cli_gradcheck_exits_nonzero_on_a_failure(monkeypatch):
     from flows.cli import app
 
     monkeypatch.setattr(rnn, "dtanh", flipped_dtanh)
+    monkeypatch.setattr(gradcheck, "CHECK_MODELS", (("minchar", 1), ("rnn", 2)))  # keep it quick
     result = CliRunner().invoke(app, ["gradcheck", "--no-torch"])
     assert result.exit_code == 1
     failed = [line.split() for line in result.output.splitlines() if line.endswith("FAIL")]
-    assert failed and {row[1] for row in failed} <= {"rnn-1", "rnn-2", "rnn-3"}
+    assert failed and {row[1] for row in failed} == {"rnn-2"}  # minchar has its own backward

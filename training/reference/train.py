@@ -82,7 +82,7 @@ def fit(model, data: np.ndarray, seq_len: int, lr: float, steps: int) -> Iterato
             p, state = 0, model.initial_state()  # back to the start of the text, fresh memory
         inputs, targets = data[p : p + seq_len], data[p + 1 : p + seq_len + 1]
         loss, grads, state = model.loss(inputs, targets, state)
-        grad_norm = math.sqrt(sum(float(np.sum(g * g)) for g in grads.values()))
+        grad_norm = math.sqrt(sum(float(np.vdot(g, g)) for g in grads.values()))
         adagrad_update(model.params, grads, mem, lr)
         p += seq_len
         yield Step(n, loss / seq_len, grad_norm, state, int(targets[-1]))
