@@ -63,7 +63,8 @@ def test_fit_rejects_text_shorter_than_a_step():
 
 
 def test_bad_settings_are_one_line_errors():
-    for cfg in (ScratchConfig(model="gru"), ScratchConfig(seq_len=0), ScratchConfig(lr=-1)):
+    bad = dict(model="gru", seq_len=0, lr=-1.0, sample_every=-1)
+    for cfg in (ScratchConfig(**{k: v}) for k, v in bad.items()):
         with pytest.raises(TrainingError):
             cfg.validate()
 

@@ -51,6 +51,9 @@ class ScratchConfig:
         for name in positive:
             if getattr(self, name) < 1:
                 raise TrainingError(f"{name} must be >= 1, got {getattr(self, name)}")
+        for name in ("sample_every", "sample_chars", "eval_every"):
+            if getattr(self, name) < 0:
+                raise TrainingError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not self.lr > 0:
             raise TrainingError(f"lr must be > 0, got {self.lr}")
 
