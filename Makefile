@@ -46,21 +46,23 @@ STACK := CHARFLOW_HOME=$(CURDIR) CHARFLOW_PROJECT_DIR=$(CURDIR) \
 DEMO_PARAMS := $(if $(MIRROR),--param mirror=http://127.0.0.1:$(MIRROR_PORT) \
 	--param 'sources={"kubernetes-go": "$(GO_TREE)"}')
 
-services: venv
-	$(STACK) $(PY) -m flows.services up $(if $(MIRROR),--mirror $(MIRROR))
+CHARFLOW := $(STACK) $(VENV)/bin/charflow
 
-# Work pool `charflow` and per-host rate limits, then every deployment in prefect.yaml.
+services: venv
+	$(CHARFLOW) services up $(if $(MIRROR),--mirror $(MIRROR))
+
+# The `charflow` work pool and per-host rate limits, then `prefect --no-prompt deploy --all`.
 deploy: services
-	$(STACK) $(PY) -m flows.deploy --no-deploy
-	$(STACK) $(VENV)/bin/prefect --no-prompt deploy --all
+	$(CHARFLOW) services deploy
 
 demo: deploy
+	@echo "Follow it in the Prefect UI (above) or: tail -f .run/prefect-worker.log"
 	$(STACK) $(VENV)/bin/prefect deployment run 'pipeline/demo' --watch $(DEMO_PARAMS)
-	@$(STACK) $(PY) -m flows.services urls
+	@$(CHARFLOW) services status
 
 # Stops exactly the processes `make services` started (pid files under .run/).
 down:
-	@if test -x $(PY); then $(STACK) $(PY) -m flows.services down; fi
+	@if test -x $(VENV)/bin/charflow; then $(CHARFLOW) services down; fi
 
 # Browse the local MLflow store in the foreground (Ctrl-C stops it); `make services` runs the
 # same UI in the background, so use one or the other on a port (docs/readme/tracking.md).

@@ -1,8 +1,7 @@
 """Deploy-time set-up: the `charflow` work pool, one global rate limit per scraped host,
 then every deployment in prefect.yaml.
 
-    python -m flows.deploy             # pool + limits + `prefect --no-prompt deploy --all`
-    python -m flows.deploy --no-deploy # pool + limits only
+    charflow services deploy    # make deploy: pool + limits + `prefect --no-prompt deploy --all`
 
 Rate limits are Prefect global concurrency limits named `host:<hostname>` with a slot
 decay: every flow run on every worker that fetches from that host shares one budget.
@@ -10,7 +9,6 @@ decay: every flow run on every worker that fetches from that host shares one bud
 
 from __future__ import annotations
 
-import argparse
 import os
 import subprocess
 import sys
@@ -80,18 +78,9 @@ def deploy_all(stack: Stack) -> None:
     subprocess.run(prefect, cwd=REPO, env={**os.environ, **stack.client_env()}, check=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.deploy", description=__doc__)
-    parser.add_argument("--no-deploy", action="store_true", help="pool and limits only")
-    args = parser.parse_args(argv)
-    stack = Stack.from_env()
+def deploy(stack: Stack, log=print) -> None:
+    """Everything `make deploy` does: work pool, host rate limits, every deployment."""
     ensure_work_pool(stack)
     for name, rate in ensure_host_limits(stack).items():
-        print(f"rate limit {name}: {rate:g} requests/s")
-    if not args.no_deploy:
-        deploy_all(stack)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
+        log(f"rate limit {name}: {rate:g} requests/s")
+    deploy_all(stack)

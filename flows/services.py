@@ -6,14 +6,13 @@ Each service is a plain background process whose pid and log live under `<home>/
 files it finds, and only after checking that the pid still runs the recorded command
 (pids get reused). Everything binds to 127.0.0.1 and nothing phones home.
 
-    python -m flows.services up [--mirror DIR]    # or: charflow services up
-    python -m flows.services status | urls
-    python -m flows.services down
+    charflow services up [--mirror DIR]     # make services
+    charflow services status
+    charflow services down                  # make down
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import os
@@ -385,37 +384,3 @@ def addresses(stack: Stack) -> dict[str, str]:
 
 def status(stack: Stack) -> dict[str, dict | None]:
     return {name: running(stack.run_dir, name) for name in SERVICE_NAMES}
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m flows.services", description=__doc__)
-    parser.add_argument("command", choices=["up", "down", "status", "urls", "env"])
-    parser.add_argument("--mirror", help="serve this folder over loopback HTTP as well")
-    parser.add_argument("--no-mlflow", action="store_true", help="do not start the MLflow UI")
-    args = parser.parse_args(argv)
-    stack = Stack.from_env()
-    if args.mirror:
-        stack.mirror = Path(args.mirror).resolve()
-    try:
-        if args.command == "up":
-            for what, url in up(stack, with_mlflow=not args.no_mlflow).items():
-                print(f"{what}: {url}")
-        elif args.command == "down":
-            down(stack)
-        elif args.command == "urls":
-            for what, url in addresses(stack).items():
-                print(f"{what}: {url}")
-        elif args.command == "status":
-            for name, record in status(stack).items():
-                print(f"{name}: " + (f"running (pid {record['pid']})" if record else "stopped"))
-        else:  # shell exports for talking to this stack
-            for key, value in stack.client_env().items():
-                print(f"export {key}={value}")
-    except ServiceError as err:
-        print(f"charflow: error: {err}", file=sys.stderr)
-        return 1
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -5,6 +5,7 @@ tests/test_flows_e2e.py runs them through deployments on the worker."""
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import subprocess
 import sys
 import time
@@ -245,3 +246,21 @@ def test_retrain_trains_on_change_and_moves_champion_only_on_improvement(flow_ho
     assert not skipped["trained"]
     assert f"unchanged since champion v{champion.version}" in skipped["reason"]
     assert "not trained" in latest_artifact("train-paulgraham")
+
+
+def test_task_runner_is_configuration(monkeypatch):
+    from prefect.task_runners import ThreadPoolTaskRunner
+
+    from flows.pipeline import task_runner_from_env
+
+    monkeypatch.delenv("CHARFLOW_TASK_RUNNER", raising=False)
+    assert isinstance(task_runner_from_env(), ThreadPoolTaskRunner)
+    monkeypatch.setenv("CHARFLOW_TASK_RUNNER", "spark")
+    with pytest.raises(ValueError, match="choose threads, dask or ray"):
+        task_runner_from_env()
+    monkeypatch.setenv("CHARFLOW_TASK_RUNNER", "dask")
+    if importlib.util.find_spec("prefect_dask") is None:
+        with pytest.raises(ImportError, match="pip install prefect-dask"):
+            task_runner_from_env()
+    else:
+        assert type(task_runner_from_env()).__name__ == "DaskTaskRunner"
