@@ -377,8 +377,9 @@ def addresses(stack: Stack) -> dict[str, str]:
     found = {"Prefect UI": stack.prefect_ui_url, "Prefect API": stack.api_url}
     if running(stack.run_dir, "mlflow-ui"):
         found["MLflow UI"] = stack.mlflow_ui_url
-    if stack.mirror_url and running(stack.run_dir, "mirror"):
-        found["Mirror"] = f"{stack.mirror_url} (serving {stack.mirror})"
+    mirror = running(stack.run_dir, "mirror")
+    if mirror:
+        found["Mirror"] = f"http://{HOST}:{stack.mirror_port} (serving {mirror['argv'][3]})"
     return found
 
 

@@ -26,6 +26,7 @@ from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.concurrency.sync import rate_limit
 
 from flows.deploy import host_limit_name
+from flows.services import REPO
 from scrapers.errors import IngestError
 from scrapers.fetch import Fetcher
 from scrapers.ingest import ingest, resolve_options
@@ -33,7 +34,6 @@ from scrapers.registry import GatherContext, RawItem, Skipped, get_corpus
 from scrapers.store import RAW_DIR, file_sha256, read_manifest
 from training.config import TrainConfig
 
-REPO = Path(__file__).resolve().parent.parent
 # The code that turns raw bytes into a corpus: part of build_corpus's cache key.
 CORPUS_CODE = ("scrapers", "cleaners")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}

@@ -155,6 +155,16 @@ def test_train_deployments_carry_weekly_cron_schedules(prefect_deployed):
         assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
 
 
+def test_deploy_creates_a_rate_limit_per_scraped_host(prefect_deployed):
+    from flows.deploy import host_limits
+
+    with sync_client(prefect_deployed) as client:
+        for name, rate in host_limits().items():
+            limit = client.read_global_concurrency_limit_by_name(name)
+            assert limit.active and limit.slot_decay_per_second == rate
+    assert "host:paulgraham.com" in host_limits() and "host:127.0.0.1" in host_limits()
+
+
 def test_scheduled_retrain_of_an_unchanged_corpus_is_skipped(demo_run, prefect_env):
     from prefect.deployments import run_deployment
 
