@@ -5,17 +5,24 @@ in the tree, so the model sees where code lives the way a reader of the reposito
 
     // path: pkg/kubelet/kubelet.go
     <the file, unchanged>
+
+The store then drops trailing newlines and makes CRLF line ends LF (the Go compiler drops
+carriage returns from raw strings too). A file that is not NFC (decomposed accents in a
+string, a table of runes) is left out rather than normalized: the corpus is NFC, and
+normalizing would change the code.
 """
 
 from __future__ import annotations
 
 import re
+import unicodedata
 
 PATH_HEADER = "// path: {path}\n"
 # golang.org/s/generatedcode: this line, before the first non-comment, non-blank text.
 _GENERATED_LINE = re.compile(rb"^// Code generated .* DO NOT EDIT\.$")
 _GENERATED_PREFIX = b"// Code generated "
 _HEAD_BYTES = 1 << 16  # license headers are long, but not this long
+_NEWLINE = ord("\n")
 # Folders a build leaves alone and a language model should too (unless asked).
 EXCLUDED_DIRS = {"vendor": "include_vendor", "third_party": "include_third_party"}
 EXCLUDED_DIRS |= {"testdata": "include_testdata"}
@@ -42,15 +49,15 @@ def generated_by_name(name: str) -> bool:
 
 def generated_by_header(data: bytes) -> bool:
     """Whether the file carries `// Code generated ... DO NOT EDIT.` before its code."""
-    head = data[:_HEAD_BYTES]
-    at = head.find(_GENERATED_PREFIX)
+    head_end = min(len(data), _HEAD_BYTES)
+    at = data.find(_GENERATED_PREFIX, 0, head_end)
     while at >= 0:  # rare: most files never mention it, and are done in one find
-        if at == 0 or head[at - 1 : at] == b"\n":
-            end = head.find(b"\n", at)
-            line = head[at : end if end >= 0 else len(head)].rstrip(b"\r")
+        if at == 0 or data[at - 1] == _NEWLINE:
+            end = data.find(b"\n", at, head_end)
+            line = data[at : end if end >= 0 else head_end].rstrip(b"\r")
             if _GENERATED_LINE.match(line):
-                return _only_comments(head[:at])
-        at = head.find(_GENERATED_PREFIX, at + 1)
+                return _only_comments(data[:at])
+        at = data.find(_GENERATED_PREFIX, at + 1, head_end)
     return False
 
 
@@ -71,6 +78,11 @@ def _only_comments(text: bytes) -> bool:
 def is_binary(data: bytes) -> bool:
     """Go source never holds a NUL byte; binaries and images almost always do."""
     return b"\x00" in data
+
+
+def is_nfc(text: str) -> bool:
+    """Whether text is in Unicode NFC; free for ASCII text (a flag on the str)."""
+    return text.isascii() or unicodedata.is_normalized("NFC", text)
 
 
 def go_text(data: bytes) -> str:

@@ -32,6 +32,7 @@ from cleaners.gosource import (
     go_text,
     hidden,
     is_binary,
+    is_nfc,
 )
 from scrapers.errors import IngestError
 from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped, register
@@ -51,6 +52,9 @@ _GIT_SCHEMES = {"http", "https", "git", "ssh", "file"}
 _SCP_LIKE = re.compile(r"^[\w.-]+@[\w.-]+:")  # git@github.com:owner/repo
 _SHA = re.compile(r"^[0-9a-f]{40}$")
 _GIT_ENV = {"GIT_TERMINAL_PROMPT": "0", "LC_ALL": "C"}
+# The corpus is NFC, and normalizing a Go file would change its code (string literals, a
+# table of runes): such a file is left out whole rather than taken changed.
+NOT_NFC = "not NFC (Unicode normalization would change its code); not taken"
 
 
 def is_git_url(source: str) -> bool:
@@ -169,15 +173,15 @@ def walk_go_files(root: Path, options: dict) -> Iterator[tuple[str, Path] | Skip
             if why:
                 yield Skipped(rel + ("/" if entry.is_folder and not entry.is_link else ""), why)
             elif why is None and entry.is_folder:
-                stack.append(_listing(Path(entry.path), rel + "/"))
+                stack.append(_listing(entry.folder / entry.name, rel + "/"))
             elif why is None:
-                yield rel, Path(entry.path)
+                yield rel, entry.folder / entry.name  # cheaper than Path(DirEntry.path)
 
 
 class _Entry(NamedTuple):
+    folder: Path
     prefix: str
     name: str
-    path: str
     is_link: bool
     is_folder: bool  # for a link: whether it points at a folder
     is_go: bool
@@ -194,14 +198,16 @@ def _listing(folder: Path, prefix: str) -> Iterator[_Entry | Skipped]:
         is_link, is_folder = e.is_symlink(), e.is_dir()
         is_go = e.name.endswith(".go") and (is_link or e.is_file())  # never a pipe or device
         if is_go or is_link or is_folder:
-            yield _Entry(prefix, e.name, e.path, is_link, is_folder, is_go)
+            yield _Entry(folder, prefix, e.name, is_link, is_folder, is_go)
 
 
 def _why_not(entry: _Entry, root: Path, opts: dict) -> str | None:
     """Why an entry is not taken or walked: None takes it, "" drops it without a word
     (not Go, or a test file when asked for none), anything else is the recorded reason."""
     if entry.is_link:
-        return _symlink_reason(Path(entry.path), root) if entry.is_go or entry.is_folder else ""
+        if entry.is_go or entry.is_folder:
+            return _symlink_reason(entry.folder / entry.name, root)
+        return ""
     if entry.is_folder:
         return _excluded(entry.name, opts)
     if not entry.is_go:
@@ -218,14 +224,14 @@ def _why_not(entry: _Entry, root: Path, opts: dict) -> str | None:
 # -- the corpus ---------------------------------------------------------------------------
 
 
-def _file_source(base: str, ref: str | None, rel: str) -> str:
-    """A link to the file: GitHub's blob URL when the repository is there."""
+def _source_prefix(base: str, ref: str | None) -> str:
+    """What a file's path in the tree is appended to for its source: GitHub's blob URL
+    when the repository is there."""
     if ref is None:
-        return f"{base.rstrip('/')}/{rel}"
-    parts = urlsplit(base)
-    if parts.netloc == "github.com":
-        return f"{base.removesuffix('.git').rstrip('/')}/blob/{ref}/{rel}"
-    return f"{base}@{ref}:{rel}"
+        return f"{base.rstrip('/')}/"
+    if urlsplit(base).netloc == "github.com":
+        return f"{base.removesuffix('.git').rstrip('/')}/blob/{ref}/"
+    return f"{base}@{ref}:"
 
 
 def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
@@ -240,22 +246,39 @@ def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
             raise IngestError(f"kubernetes-go source must be a git URL or a directory: {source}")
         ref = None
         source = str(root.resolve())
+    prefix = _source_prefix(source, ref)
     meta = {"commit": commit} if commit else {}
     for found in walk_go_files(root, ctx.options):
         if isinstance(found, Skipped):
-            yield Skipped(_file_source(source, ref, found.source), found.reason)
+            yield Skipped(prefix + found.source, found.reason)
         else:
             rel, path = found
-            yield RawItem(_file_source(source, ref, rel), path, {"path": rel, **meta})
+            yield RawItem(prefix + rel, path, {"path": rel, **meta})
 
 
 def read_file(path: Path) -> bytes:
-    with open(path, "rb", buffering=0) as f:  # one read call, no buffer layer in between
-        return f.readall()
+    """The file's bytes: one open, fstat and read, and never through a symlink (the walk
+    skipped links; one swapped in since then fails with ELOOP)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        size = os.fstat(fd).st_size
+        data = os.read(fd, size + 1)  # one byte more than the file: tells it did not grow
+        if len(data) == size:
+            return data
+        chunks = [data]  # it changed since fstat, or is over what one read returns (2 GB)
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
-    data = read_file(item.path)
+    try:
+        data = read_file(item.path)
+    except OSError as err:  # gone or replaced since the walk
+        yield Skipped(item.source, f"cannot read: {err.strerror}")
+        return
     if is_binary(data):
         yield Skipped(item.source, "binary file (NUL bytes)")
         return
@@ -266,6 +289,9 @@ def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
         text = go_text(data)
     except UnicodeDecodeError as err:
         yield Skipped(item.source, f"not UTF-8 (invalid byte at offset {err.start})")
+        return
+    if not is_nfc(text):
+        yield Skipped(item.source, NOT_NFC)
         return
     path = item.meta["path"]
     yield Document(

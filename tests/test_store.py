@@ -5,9 +5,11 @@ from __future__ import annotations
 import hashlib
 import json
 import subprocess
+import unicodedata
 
 import pytest
 
+from scrapers import store
 from scrapers.registry import Document
 from scrapers.store import (
     CORPUS_FILE,
@@ -16,6 +18,7 @@ from scrapers.store import (
     SEPARATOR,
     STAGING_PREFIX,
     CorpusWriter,
+    normalize_text,
 )
 
 DOCS = [
@@ -149,3 +152,53 @@ def test_meta_may_not_override_core_fields(tmp_path):
     with pytest.raises(ValueError, match="sha256"), CorpusWriter(tmp_path / "toy") as writer:
         writer.add(Document("x", "s", meta={"sha256": "forged"}))
     assert not (tmp_path / "toy" / CORPUS_FILE).exists()
+
+
+def test_vocabulary_is_every_character_of_the_corpus(tmp_path):
+    docs = [
+        Document("plain ascii", "s0"),
+        Document("ascii again\twith a tab and a form feed\x0c", "s1"),  # new ASCII, late
+        Document("三国演义 and café", "s2"),
+        Document("cafe\u0301: nothing new once NFC", "s3"),  # no U+0301 in the corpus
+        Document("\u00a0nbsp, 🙂 emoji, \x7f DEL", "s4"),
+    ]
+    manifest, _ = write(tmp_path / "toy", docs)
+    text = (tmp_path / "toy" / CORPUS_FILE).read_text(encoding="utf-8")
+    assert "\u0301" not in text
+    assert manifest["vocab_size"] == len(set(text))
+    # One document whose only newlines are the trailing ones the store strips.
+    manifest, _ = write(tmp_path / "one", [Document("abc\n\n", "s")])
+    assert (tmp_path / "one" / CORPUS_FILE).read_text() == "abc"
+    assert manifest["vocab_size"] == 3
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "\n\n",
+        "plain",
+        "a\r\nb\rc\x1e\n",
+        "cafe\u0301\r\n",
+        "\n三国\n",
+        "\x1e\n\x1e",
+        "e\r\u0301",
+    ],
+)
+def test_normalize_text_is_its_definition(text):
+    unix = text.replace("\r\n", "\n").replace("\r", "\n").replace("\x1e", "")
+    assert normalize_text(text) == unicodedata.normalize("NFC", unix).strip("\n")
+
+
+def test_early_writeback_leaves_the_corpus_as_it_was(tmp_path, monkeypatch):
+    reference, _ = write(tmp_path / "reference")
+    calls, start_writeback = [], store.start_writeback
+    monkeypatch.setattr(store, "WRITEBACK_BYTES", 1)  # after every write
+    monkeypatch.setattr(store, "start_writeback", lambda f: calls.append(start_writeback(f)))
+    manifest, _ = write(tmp_path / "toy")
+    assert len(calls) > len(DOCS)
+    raw = (tmp_path / "toy" / CORPUS_FILE).read_bytes()
+    assert raw == (tmp_path / "reference" / CORPUS_FILE).read_bytes()
+    assert (
+        manifest["corpus_sha256"] == reference["corpus_sha256"] == hashlib.sha256(raw).hexdigest()
+    )
