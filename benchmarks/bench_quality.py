@@ -19,7 +19,7 @@ from training.loop import train
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
-SECONDS = 300.0
+SECONDS = 290.0  # training + periodic evals; the final evaluation fits in the 5 minutes
 
 
 def run() -> list[dict]:
