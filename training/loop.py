@@ -160,7 +160,10 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, len(data.vocab)).to(device)
         self.opt = torch.optim.AdamW(
-            self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            self.model.parameters(),
+            lr=cfg.lr,
+            weight_decay=cfg.weight_decay,
+            fused=device.type == "cuda",  # one kernel for the whole update on the GPU
         )
         self.param_count = count_parameters(self.model)
         self.p = Progress()
