@@ -48,6 +48,9 @@ def ingest(
         1.0, "--rate-limit", help="requests per second per host; 0 = no limit (mirrors)"
     ),
     option: list[str] = typer.Option([], "--option", help="corpus option KEY=VALUE (repeat)"),
+    to_simplified: bool = typer.Option(
+        False, "--to-simplified", help="Chinese corpora: Traditional -> Simplified (OpenCC)"
+    ),
     progress: bool | None = typer.Option(
         None, "--progress/--no-progress", help="progress bar (default: on a terminal)"
     ),
@@ -65,7 +68,7 @@ def ingest(
             source,
             limit=limit,
             data_dir=data_dir,
-            options=_parse_options(option),
+            options=_parse_options(option) | ({"to_simplified": "true"} if to_simplified else {}),
             fetcher=fetcher,
             progress=progress,
         )

@@ -214,3 +214,36 @@ def test_unwrapped_text_keeps_its_paragraphs():
 )
 def test_chinese_numbers(numeral, value):
     assert chinese_number(numeral) == value
+
+
+def test_cli_to_simplified_flag(tmp_path):
+    """`charflow ingest sanguo --to-simplified` converts; a corpus without the option refuses."""
+    import subprocess
+    import sys
+
+    trad = tmp_path / "trad.txt"
+    trad.write_bytes(traditional_slice().encode("big5"))
+    cli = [sys.executable, "-m", "flows.cli", "ingest"]
+    done = subprocess.run(
+        [*cli, "sanguo", "--source", str(trad), "--data-dir", str(tmp_path), "--to-simplified"],
+        capture_output=True,
+        text=True,
+    )
+    assert done.returncode == 0, done.stderr
+    corpus = (tmp_path / "sanguo" / CORPUS_FILE).read_text(encoding="utf-8")
+    assert "话说天下大势" in corpus and "話說" not in corpus
+    refused = subprocess.run(
+        [
+            *cli,
+            "paulgraham",
+            "--source",
+            str(trad),
+            "--data-dir",
+            str(tmp_path / "pg"),
+            "--to-simplified",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 1
+    assert "to_simplified" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
