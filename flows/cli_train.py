@@ -50,8 +50,12 @@ def train(
     track: bool = typer.Option(True, "--track/--no-track", help="log to MLflow"),
     out: Path | None = typer.Option(None, help="checkpoint folder (default checkpoints/CORPUS)"),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
+    nproc: int = typer.Option(
+        1, min=1, help="processes (DDP; one per GPU); --batch-size is per process"
+    ),
 ) -> None:
     """Train a character-level model; checkpoints best.pt and last.pt go to OUT."""
+    from training import distributed
     from training.config import build_config
     from training.data import corpus_name
     from training.loop import default_out_dir, resume_config
@@ -82,12 +86,17 @@ def train(
     if resume:
         if preset is not None:
             raise TrainingError("--preset does not combine with --resume (the run keeps its own)")
-        cfg = resume_config(out_dir).replace(**overrides)
+        world_size = nproc if nproc > 1 else distributed.ranks_from_env().world_size
+        cfg = resume_config(out_dir, world_size).replace(**overrides)
     else:
         cfg = build_config(preset or "cpu-small", corpus_defaults(name), **overrides)
-    result = run_training(
-        cfg, source, corpus=name, out_dir=out_dir, resume=resume, track=track, progress=progress
-    )
+    args = dict(corpus=name, out_dir=out_dir, resume=resume, track=track, progress=progress)
+    if nproc > 1:
+        result = distributed.launch(nproc, run_training, cfg, source, **args)
+    else:
+        result = run_training(cfg, source, **args)
+    if not distributed.ranks_from_env().is_main:  # under torchrun: rank 0 reports
+        return
     typer.echo(
         f"best val loss {result.best_val_loss:.4f} nats/char "
         f"({result.best_val_loss / math.log(2):.3f} bits/char), "

@@ -16,6 +16,10 @@ Keys (format "charflow-checkpoint", version 1):
     history                 [{step, train_loss, val_loss, ...}] one row per evaluation
     rng                     torch / cuda / numpy / python generator states
     param_count             number of model parameters
+    world_size              processes the run trained in (absent before DDP: 1); config's
+                            batch_size is per process and `state` covers the global batch of
+                            world_size * batch_size streams, so any world size dividing it
+                            can resume
 """
 
 from __future__ import annotations
@@ -67,6 +71,10 @@ def checkpoint_config(ckpt: dict) -> TrainConfig:
         return TrainConfig().replace(**ckpt["config"])
     except (KeyError, TypeError, ValueError) as err:
         raise TrainingError(f"checkpoint config does not match this version: {err}") from None
+
+
+def saved_world_size(ckpt: dict) -> int:
+    return int(ckpt.get("world_size", 1))
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> CharModel:

@@ -4,6 +4,10 @@ The train split is cut into batch_size equal streams; step k feeds chunk k (seq_
 of every stream and carries the recurrent state into chunk k+1, so the model sees each
 stream as one long text. After the last whole chunk the pass (epoch) restarts with a fresh
 state. Evaluation runs over the whole val split the same way, without gradients.
+
+Under torchrun (or `charflow train --nproc N`) every rank trains on its own rows of the
+global batch with DistributedDataParallel; rank 0 alone evaluates, checkpoints and tracks
+(see training/distributed.py).
 """
 
 from __future__ import annotations
@@ -20,19 +24,22 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from training import distributed
 from training.checkpoint import (
     build_model,
     checkpoint_config,
     load_checkpoint,
     rng_state,
     save_checkpoint,
+    saved_world_size,
     set_rng_state,
 )
 from training.config import RESUMABLE, TrainConfig
 from training.data import Dataset, corpus_name, prepare_dataset
-from training.device import resolve_device
+from training.distributed import Ranks
 from training.errors import TrainingError
 from training.models import count_parameters, detach_state
 from training.sample import generate
@@ -59,12 +66,14 @@ class TrainResult:
 
 
 class Streams:
-    """`n` parallel streams over `ids`: inputs x[b, t] and next-character targets y[b, t]."""
+    """`n` parallel streams over `ids`: inputs x[b, t] and next-character targets y[b, t].
 
-    def __init__(self, ids: np.ndarray, n: int, device: torch.device):
+    `rows` keeps some of them (a rank's share of the global batch)."""
+
+    def __init__(self, ids: np.ndarray, n: int, device: torch.device, rows: slice = slice(None)):
         self.length = (len(ids) - 1) // n
-        self.x = ids[: n * self.length].reshape(n, self.length)  # views of the memmap
-        self.y = ids[1 : n * self.length + 1].reshape(n, self.length)
+        self.x = ids[: n * self.length].reshape(n, self.length)[rows]  # views of the memmap
+        self.y = ids[1 : n * self.length + 1].reshape(n, self.length)[rows]
         self.device = device
 
     def chunk(self, pos: int, size: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,9 +121,19 @@ def default_out_dir(corpus: str) -> Path:
     return Path(os.environ.get("CHARFLOW_HOME") or ".") / "checkpoints" / corpus
 
 
-def resume_config(out_dir: Path) -> TrainConfig:
-    """The settings a run in `out_dir` was started with (to resume it)."""
-    return checkpoint_config(load_checkpoint(Path(out_dir) / "last.pt"))
+def resume_config(out_dir: Path, world_size: int = 1) -> TrainConfig:
+    """The settings a run in `out_dir` was started with (to resume it in `world_size`
+    processes: the global batch stays, split evenly over the processes)."""
+    path = Path(out_dir) / "last.pt"
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt)
+    global_batch = cfg.batch_size * saved_world_size(ckpt)
+    if global_batch % world_size:
+        raise TrainingError(
+            f"{path} has a global batch of {global_batch} streams, "
+            f"which does not split over {world_size} processes"
+        )
+    return cfg.replace(batch_size=global_batch // world_size)
 
 
 def code_version() -> str:
@@ -153,12 +172,28 @@ class Progress:
 class Trainer:
     """One run: model, optimizer, carried state and progress. `fit` is the loop."""
 
-    def __init__(self, cfg: TrainConfig, data: Dataset, device, out_dir: Path, corpus: str, log):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        data: Dataset,
+        device,
+        out_dir: Path,
+        corpus: str,
+        log,
+        ranks=Ranks(),
+    ):
         self.cfg, self.data, self.device, self.corpus, self.log = cfg, data, device, corpus, log
+        self.ranks = ranks
         self.best_path, self.last_path = out_dir / "best.pt", out_dir / "last.pt"
-        self.streams, self.val_ids, self.test_ids = _check_splits(cfg, data, device)
+        train_ids, self.val_ids, self.test_ids = _check_splits(cfg, data, ranks)
+        streams = cfg.batch_size * ranks.world_size
+        self.streams = Streams(train_ids, streams, device, ranks.rows(cfg.batch_size))
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, len(data.vocab)).to(device)
+        self.net = self.model  # what the training step runs: the model, or DDP around it
+        if ranks.enabled:
+            ids = [device] if device.type == "cuda" else None
+            self.net = DistributedDataParallel(self.model, device_ids=ids)
         self.opt = torch.optim.AdamW(
             self.model.parameters(),
             lr=cfg.lr,
@@ -171,15 +206,23 @@ class Trainer:
         on_gpu = cfg.bf16 and device.type == "cuda"
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext()
         self.tracker = None
+        self._seed_rank()
 
     def restore(self, ckpt: dict) -> None:
         self.model.load_state_dict(ckpt["model"])
         self.opt.load_state_dict(ckpt["optimizer"])
         self.p = Progress(**{f.name: ckpt[f.name] for f in fields(Progress)})
-        self.state = _to_state(ckpt["state"], self.device)
+        self.state = _to_state(ckpt["state"], self.device, self.ranks.rows(self.cfg.batch_size))
         set_rng_state(ckpt["rng"])
+        self._seed_rank()
 
-    def checkpoint(self) -> dict:
+    def _seed_rank(self) -> None:
+        """Ranks other than 0 draw their own dropout masks (rank 0's RNG is the saved one)."""
+        if self.ranks.rank:
+            torch.manual_seed(hash((self.cfg.seed, self.ranks.rank, self.p.step)) % 2**63)
+
+    def checkpoint(self, state: list[torch.Tensor] | None) -> dict:
+        """The run as it stands; `state` is the carried state of the whole global batch."""
         return {
             "model": self.model.state_dict(),
             "optimizer": self.opt.state_dict(),
@@ -187,10 +230,11 @@ class Trainer:
             "vocab": self.data.vocab,
             "corpus": self.corpus,
             "corpus_digest": self.data.digest,
-            "state": _from_state(self.state),
+            "state": state,
             "rng": rng_state(),
             "param_count": self.param_count,
             "lr": self.opt.param_groups[0]["lr"],
+            "world_size": self.ranks.world_size,
             **asdict(self.p),
         }
 
@@ -216,7 +260,7 @@ class Trainer:
                 for group in opt.param_groups:
                     group["lr"] = learning_rate(cfg, p.step, p.elapsed_seconds)
                 with self.autocast:
-                    logits, state = model(x, self.state)
+                    logits, state = self.net(x, self.state)
                     loss = F.cross_entropy(logits.flatten(0, 1).float(), y.flatten())
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -229,11 +273,15 @@ class Trainer:
                 n_losses += 1
                 p.step += 1
                 p.data_pos += cfg.seq_len
-                window_chars += x.numel()
+                window_chars += x.numel() * self.ranks.world_size
                 p.elapsed_seconds = time.perf_counter() - started
+                if cfg.max_seconds:  # ranks must agree on the rate and when to stop
+                    p.elapsed_seconds = distributed.from_main(
+                        self.ranks, p.elapsed_seconds, self.device
+                    )
                 bar.update()
                 if p.step % cfg.eval_every == 0:
-                    train_loss = loss_sum.item() / n_losses  # waits for the device
+                    train_loss = self._mean(loss_sum) / n_losses  # waits for the device
                     seconds = time.perf_counter() - window_start
                     train_seconds, train_chars = train_seconds + seconds, train_chars + window_chars
                     stop = self.evaluate_and_save(train_loss, grad_norm, window_chars / seconds)
@@ -250,11 +298,25 @@ class Trainer:
         if evaluated_at != p.step:  # the last steps since an evaluation
             seconds = max(time.perf_counter() - window_start, 1e-9)
             train_seconds, train_chars = train_seconds + seconds, train_chars + window_chars
-            train_loss = loss_sum.item() / n_losses if n_losses else math.nan
+            train_loss = self._mean(loss_sum) / n_losses if n_losses else math.nan
             self.evaluate_and_save(train_loss, grad_norm, window_chars / seconds)
         return stopped, train_chars / train_seconds if train_seconds else 0.0
 
+    def _mean(self, loss_sum: torch.Tensor) -> float:
+        return distributed.mean(self.ranks, loss_sum).item()
+
     def evaluate_and_save(self, train_loss: float, grad_norm, chars_per_sec: float) -> bool:
+        """Every rank: gather the carried state, then rank 0 evaluates and saves and tells
+        all whether patience ran out."""
+        state = _from_state(self.state)
+        if state is not None:
+            state = [distributed.gather_rows(self.ranks, t) for t in state]
+        stop = False
+        if self.ranks.is_main:
+            stop = self._evaluate_and_save(train_loss, grad_norm, chars_per_sec, state)
+        return bool(distributed.from_main(self.ranks, float(stop), self.device))
+
+    def _evaluate_and_save(self, train_loss: float, grad_norm, chars_per_sec: float, state):
         """Val loss, checkpoints, log line, metrics and a sample; True when patience ran out."""
         cfg, p = self.cfg, self.p
         val_loss = evaluate(self.model, self.val_ids, self.device, self.autocast)
@@ -272,7 +334,7 @@ class Trainer:
             p.best_val_loss, p.best_step, p.bad_evals = val_loss, p.step, 0
         else:
             p.bad_evals += 1
-        payload = self.checkpoint()
+        payload = self.checkpoint(state)
         save_checkpoint(self.last_path, payload)
         if improved:
             save_checkpoint(self.best_path, payload)
@@ -322,9 +384,10 @@ def train(
     cfg.validate()
     corpus = corpus or corpus_name(source)
     out_dir = Path(out_dir) if out_dir else default_out_dir(corpus)
-    ckpt = _load_resume(out_dir / "last.pt", cfg) if resume else None
-    show = sys.stderr.isatty() if progress is None else progress
-    log = _Log(show)
+    ranks = distributed.ranks_from_env()
+    ckpt = _load_resume(out_dir / "last.pt", cfg, ranks.world_size) if resume else None
+    show = (sys.stderr.isatty() if progress is None else progress) and ranks.is_main
+    log = _Log(show, muted=not ranks.is_main)
     notes: list[str] = []  # shown once the input is known to be good: errors stay one line
     data = prepare_dataset(
         source,
@@ -334,16 +397,22 @@ def train(
     )
     if ckpt and ckpt["corpus_digest"] != data.digest:
         raise TrainingError(f"{out_dir / 'last.pt'} was trained on another corpus text")
-    trainer = Trainer(cfg, data, resolve_device(cfg.device), out_dir, corpus, log)
-    if ckpt:
-        trainer.restore(ckpt)
-    p = trainer.p
-    if p.step >= cfg.max_steps:
-        raise TrainingError(f"{trainer.last_path} is at step {p.step}; raise max_steps to continue")
-    for note in notes:
-        log(note)
-
+    if ckpt and ckpt["step"] >= cfg.max_steps:
+        raise TrainingError(
+            f"{out_dir / 'last.pt'} is at step {ckpt['step']}; raise max_steps to continue"
+        )
+    _check_splits(cfg, data, ranks)  # before the ranks join up: every rank fails alike
     with ExitStack() as stack:
+        stack.callback(distributed.teardown, ranks)
+        trainer = Trainer(
+            cfg, data, distributed.setup(ranks, cfg.device), out_dir, corpus, log, ranks
+        )
+        if ckpt:
+            trainer.restore(ckpt)
+        p = trainer.p
+        for note in notes:
+            log(note)
+        track = track and ranks.is_main
         if track:
             from training.tracking import RunTracker  # MLflow loads only when tracking
 
@@ -362,7 +431,7 @@ def train(
         log.bar = stack.enter_context(bar)
         stopped, chars_per_sec = trainer.fit(bar)
         bar.close()
-        test_loss = trainer.test_loss()
+        test_loss = trainer.test_loss() if ranks.is_main else math.nan
         log(
             f"stopped ({stopped}) at step {p.step}: best val {p.best_val_loss:.4f} nats/char "
             f"({p.best_val_loss / LN2:.3f} bpc) at step {p.best_step}, test {test_loss:.4f}; "
@@ -396,8 +465,8 @@ def _log_run_inputs(t: Trainer) -> None:
             "param_count": t.param_count,
             "device": str(t.device),
             "code_version": code_version(),
-            "world_size": 1,
-            "global_batch_size": cfg.batch_size,
+            "world_size": t.ranks.world_size,
+            "global_batch_size": cfg.batch_size * t.ranks.world_size,
         }
     )
     t.tracker.log_dataset(
@@ -423,25 +492,32 @@ def _log_run_outputs(t: Trainer, test_loss: float):
     return model
 
 
-def _load_resume(last_path: Path, cfg: TrainConfig) -> dict:
+def _load_resume(last_path: Path, cfg: TrainConfig, world_size: int) -> dict:
     ckpt = load_checkpoint(last_path)
     saved = checkpoint_config(ckpt)
+    # batch_size is per process: a run may resume in another number of processes as long
+    # as the global batch (and so the streams and the carried state) stays the same
     changed = [
         f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
         for k in cfg.to_params()
-        if k not in RESUMABLE and getattr(saved, k) != getattr(cfg, k)
+        if k not in (*RESUMABLE, "batch_size") and getattr(saved, k) != getattr(cfg, k)
     ]
+    saved_batch = saved.batch_size * saved_world_size(ckpt)
+    if saved_batch != cfg.batch_size * world_size:
+        changed.append(f"global batch size ({saved_batch} -> {cfg.batch_size * world_size})")
     if changed:
         raise TrainingError(f"cannot change on resume: {', '.join(changed)}")
     return ckpt
 
 
-def _check_splits(cfg: TrainConfig, data: Dataset, device: torch.device):
+def _check_splits(cfg: TrainConfig, data: Dataset, ranks: Ranks):
     train_ids = data.split_ids("train")
-    need = cfg.batch_size * cfg.seq_len + 1
+    streams = cfg.batch_size * ranks.world_size
+    need = streams * cfg.seq_len + 1
     if len(train_ids) < need:
+        across = f" x {ranks.world_size} processes" if ranks.enabled else ""
         raise TrainingError(
-            f"seq_len {cfg.seq_len} x batch_size {cfg.batch_size} needs at least {need:,} "
+            f"seq_len {cfg.seq_len} x batch_size {cfg.batch_size}{across} needs at least {need:,} "
             f"training chars; {data.name} has {len(train_ids):,} in its train split "
             "(lower --seq-len or --batch-size)"
         )
@@ -451,7 +527,7 @@ def _check_splits(cfg: TrainConfig, data: Dataset, device: torch.device):
             f"{data.name} has no val split to evaluate on ({len(val_ids)} chars); "
             "raise val_fraction or use a longer text"
         )
-    return Streams(train_ids, cfg.batch_size, device), val_ids, test_ids
+    return train_ids, val_ids, test_ids
 
 
 def _from_state(state) -> list[torch.Tensor] | None:
@@ -460,21 +536,24 @@ def _from_state(state) -> list[torch.Tensor] | None:
     return list(state) if isinstance(state, tuple) else [state]
 
 
-def _to_state(saved: list[torch.Tensor] | None, device: torch.device):
+def _to_state(saved: list[torch.Tensor] | None, device: torch.device, rows: slice):
+    """The saved state of the global batch, cut to this rank's `rows`."""
     if saved is None:
         return None
-    tensors = [t.to(device) for t in saved]
+    tensors = [t[:, rows].contiguous().to(device) for t in saved]
     return tuple(tensors) if len(tensors) == 2 else tensors[0]
 
 
 class _Log:
     """Progress lines to stderr; through tqdm when a bar is on screen so they do not tear it."""
 
-    def __init__(self, bar_shown: bool):
-        self.bar_shown = bar_shown
+    def __init__(self, bar_shown: bool, muted: bool = False):
+        self.bar_shown, self.muted = bar_shown, muted  # muted: ranks other than 0
         self.bar = None
 
     def __call__(self, message: str) -> None:
+        if self.muted:
+            return
         if self.bar is not None and self.bar_shown:
             self.bar.write(message, file=sys.stderr)
         else:
