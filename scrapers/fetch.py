@@ -297,7 +297,11 @@ class Fetcher:
                     if failure:
                         reason += f" after {self.retries} retries"
                     return FetchResult(current, status, None, False, dict(response.headers), reason)
-                path = self._store(url, current, response, raw_dir)
+                try:
+                    path = self._store(url, current, response, raw_dir)
+                except requests.RequestException as err:  # the body broke off mid-download
+                    reason = f"download interrupted: {_describe(err)}"
+                    return FetchResult(current, status, None, False, reason=reason)
                 self.stats["downloaded"] += 1
                 return FetchResult(current, status, path, False, dict(response.headers))
         reason = f"more than {MAX_REDIRECTS} redirects"

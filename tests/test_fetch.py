@@ -191,3 +191,34 @@ def test_file_urls_read_local_tree_in_place(corpora_dir, tmp_path):
     assert found.ok and found.path == corpora_dir / AVG
     assert not missing.ok and missing.status == 404
     assert list(tmp_path.iterdir()) == []
+
+
+def test_body_cut_off_mid_download_is_a_reason_not_a_traceback(tmp_path):
+    """A server that promises 1000 bytes and hangs up after 10: no exception, no cache file."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class CutOff(BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.send_header("Content-Length", "1000")
+            self.end_headers()
+            self.wfile.write(b"<html>cut")
+            self.wfile.flush()
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), CutOff)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/page.html"
+        with fast_fetcher(respect_robots=False) as fetcher:
+            result = fetcher.get(url, tmp_path)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert not result.ok and result.path is None
+    assert result.reason.startswith("download interrupted")
+    assert not any(p.is_file() and not p.name.endswith(".json") for p in tmp_path.rglob("*"))
