@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -185,7 +186,7 @@ def _encode_to_cache(text_path: Path, digest: str, folder: Path) -> None:
     lookup = np.zeros(int(vocab_cp[-1]) + 1, dtype=dtype)
     lookup[vocab_cp] = np.arange(len(vocab_cp), dtype=dtype)
 
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}-{uuid.uuid4().hex}")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
@@ -213,11 +214,12 @@ def _encode_to_cache(text_path: Path, digest: str, folder: Path) -> None:
 def _open_cache(folder: Path, digest: str) -> tuple[np.ndarray, list[str]]:
     try:
         meta = json.loads((folder / "meta.json").read_text())
-        assert meta["format"] == FORMAT and meta["version"] == VERSION
-        assert meta["digest"] == digest
+        if (meta["format"], meta["version"], meta["digest"]) != (FORMAT, VERSION, digest):
+            raise ValueError("foreign format or digest")
         ids = np.memmap(folder / "ids.bin", dtype=meta["dtype"], mode="r")
-        assert len(ids) == meta["num_chars"]
-    except (OSError, ValueError, KeyError, AssertionError) as err:
+        if len(ids) != meta["num_chars"]:
+            raise ValueError("length differs from its metadata")
+    except (OSError, ValueError, KeyError) as err:
         raise TrainingError(
             f"encoded cache {folder} is damaged ({type(err).__name__}); delete it to rebuild"
         ) from None

@@ -147,11 +147,14 @@ def code_version() -> str:
         )
         if out.returncode == 0:
             return out.stdout.strip()
-    except OSError:
+    except (OSError, subprocess.SubprocessError):
         pass
-    from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
-    return version("charflow")
+    try:
+        return version("charflow")
+    except PackageNotFoundError:
+        return "unknown"
 
 
 @dataclass
