@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib
 import logging
 import pkgutil
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -85,6 +86,7 @@ class CorpusSpec:
 
 _REGISTRY: dict[str, CorpusSpec] = {}
 _discovered = False
+_discover_lock = threading.RLock()
 
 
 def register(spec: CorpusSpec) -> CorpusSpec:
@@ -117,10 +119,11 @@ def _load_entry_points() -> None:
 def discover() -> None:
     """Import built-in corpus modules and entry points once per process."""
     global _discovered
-    if not _discovered:
-        _discovered = True
-        _import_builtin()
-        _load_entry_points()
+    with _discover_lock:  # tasks on a thread pool may look corpora up concurrently
+        if not _discovered:
+            _import_builtin()
+            _load_entry_points()
+            _discovered = True
 
 
 def list_corpora() -> list[CorpusSpec]:
