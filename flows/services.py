@@ -277,13 +277,17 @@ def stop(run_dir: Path, name: str, log: Callable[[str], None] = print, grace: fl
             pid_file.unlink()
         return False
     pid = record["pid"]
-    sig_target = pid if os.getpgid(pid) == pid else None  # its own group, as `start` made it
+    try:
+        sig_target = pid if os.getpgid(pid) == pid else None  # its own group, as `start` made it
+    except ProcessLookupError:  # exited since `running` looked
+        sig_target = None
     _signal(pid, sig_target, signal.SIGTERM)
     deadline = time.monotonic() + grace
     while _cmdline(pid) is not None and time.monotonic() < deadline:
         _reap(pid)
         time.sleep(0.2)
-    if _cmdline(pid) is not None:
+    # The group may hold workers that outlived their leader: kill whatever is left of it.
+    if _cmdline(pid) is not None or sig_target is not None:
         _signal(pid, sig_target, signal.SIGKILL)
         _reap(pid)
     pid_file.unlink(missing_ok=True)
