@@ -318,12 +318,9 @@ def mlflow_client():
 
 def run_link(client, run_id: str) -> str:
     """The MLflow UI page of a run (the form RunTracker.run_url gives)."""
-    uri = client.tracking_uri
-    base = os.environ.get("MLFLOW_UI_URL") or (
-        uri if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    )
-    experiment_id = client.get_run(run_id).info.experiment_id
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    from training.tracking import ui_run_url
+
+    return ui_run_url(client.get_run(run_id).info.experiment_id, run_id, client.tracking_uri)
 
 
 def last_sample(client, run_id: str) -> str:

@@ -87,7 +87,10 @@ def test_demo_deployment_writes_every_corpus(demo_run):
         manifest = json.loads((corpus_dir / "manifest.json").read_text())
         assert 1 <= manifest["documents"] <= DEMO_PARAMS["limit"], corpus
         assert (corpus_dir / "corpus.txt").stat().st_size > 0
-        assert manifest["source"].startswith("http://127.0.0.1:") or corpus == "kubernetes-go"
+        if corpus == "kubernetes-go":
+            assert manifest["source"] == str(GO_TREE)
+        else:
+            assert manifest["source"].startswith("http://127.0.0.1:"), corpus
 
 
 def test_demo_deployment_tracks_a_run_per_corpus_in_mlflow(demo_run):
