@@ -259,12 +259,22 @@ def report_corpus(corpus: str, manifest: dict, snapshot: RawSnapshot, rebuilt: b
 # -- training --------------------------------------------------------------------------------
 
 
-def retrain_decision(digest: str, champion, force: bool) -> tuple[bool, str]:
-    """Whether a (scheduled) retrain should train, and why, as one sentence."""
+def retrain_decision(
+    digest: str, champion, force: bool, tried: list[str] | None = None
+) -> tuple[bool, str]:
+    """Whether a (scheduled) retrain should train, and why, as one sentence.
+
+    `tried`: versions already trained on this digest. A model that lost to the champion on
+    this corpus would lose again every week, so the corpus must change (or force=true)."""
     if force:
         return True, "forced (force=true)"
     if champion is None:
         return True, "no champion yet"
+    if champion.corpus_digest != digest and tried:
+        return False, (
+            f"corpus already trained on by v{tried[-1]}, which did not beat champion "
+            f"v{champion.version}; waiting for the corpus to change (or force=true)"
+        )
     if champion.corpus_digest != digest:
         return True, (
             f"corpus changed: champion v{champion.version} was trained on "

@@ -42,7 +42,7 @@ def train_flow(
     force: train even when the corpus is unchanged since the champion was trained.
     data_dir: where corpora live (default: $CHARFLOW_HOME/data).
     """
-    from training.tracking import get_champion
+    from training.tracking import get_champion, versions_trained_on
 
     logger = get_run_logger()
     corpus_dir = data_root(data_dir) / corpus
@@ -51,7 +51,8 @@ def train_flow(
         raise IngestError(f"no corpus at {corpus_dir}; run the ingest/{corpus} deployment first")
     digest = manifest["corpus_sha256"]
     champion = get_champion(corpus)
-    should_train, reason = retrain_decision(digest, champion, force)
+    tried = versions_trained_on(corpus, digest) if champion else []
+    should_train, reason = retrain_decision(digest, champion, force, tried)
     logger.info("%s: %s", "training" if should_train else "not training", reason)
     if not should_train:
         report_training(corpus, reason)

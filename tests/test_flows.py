@@ -56,6 +56,9 @@ def test_retrain_decision_names_its_reason():
     trains, why = retrain_decision("a" * 64, champion, False)
     assert not trains and "unchanged" in why and "force=true" in why
     assert retrain_decision("a" * 64, champion, True) == (True, "forced (force=true)")
+    trains, why = retrain_decision("b" * 64, champion, False, tried=["4", "5"])
+    assert not trains and "v5" in why and "did not beat champion v3" in why
+    assert retrain_decision("b" * 64, champion, True, tried=["5"])[0]
 
 
 def test_raw_fingerprint_follows_bytes_not_fetch_state(tmp_path):
@@ -239,6 +242,11 @@ def test_retrain_trains_on_change_and_moves_champion_only_on_improvement(flow_ho
     assert champion.version == better["model_version"]
     report = latest_artifact("train-paulgraham")
     assert "**Champion:** no" in report and worse["run_id"] in report
+
+    # The same changed corpus again: the loser would lose again, so nothing is trained.
+    again = train_flow("paulgraham", preset="tiny", overrides=TINY)
+    assert not again["trained"]
+    assert f"already trained on by v{worse['model_version']}" in again["reason"]
 
     # Back to the corpus the champion was trained on: a scheduled retrain has nothing to do.
     ingest_flow("paulgraham", source=source, limit=3)

@@ -220,6 +220,20 @@ def get_champion(corpus: str) -> Champion | None:
     return _champion(_client(), corpus)
 
 
+def versions_trained_on(corpus: str, digest: str) -> list[str]:
+    """Registered versions of charflow-<corpus> whose corpus_digest tag is `digest`."""
+    client = _client()
+    try:
+        found = client.search_model_versions(f"name = '{registered_model_name(corpus)}'")
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return []
+        raise
+    return sorted(
+        (str(mv.version) for mv in found if mv.tags.get("corpus_digest") == digest), key=int
+    )
+
+
 def _champion_decision(val_loss: float, current: Champion | None) -> tuple[bool, str]:
     if not math.isfinite(val_loss):
         return False, f"val_loss {val_loss} is not finite"
