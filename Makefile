@@ -34,7 +34,7 @@ bench: venv
 	$(PY) -m benchmarks
 
 # The main job on a local stack: Prefect server + process worker + MLflow UI on loopback,
-# state under .run/ (docs/readme/flows.md). `MIRROR=DIR make demo` reads every source from
+# state under .run/ (docs/flows.md). `MIRROR=DIR make demo` reads every source from
 # DIR served over loopback HTTP; kubernetes-go has no page mirror and reads GO_TREE instead.
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
@@ -65,7 +65,7 @@ down:
 	@if test -x $(VENV)/bin/charflow; then $(CHARFLOW) services down; fi
 
 # Browse the local MLflow store in the foreground (Ctrl-C stops it); `make services` runs the
-# same UI in the background, so use one or the other on a port (docs/readme/tracking.md).
+# same UI in the background, so use one or the other on a port (docs/tracking.md).
 .PHONY: mlflow-ui
 mlflow-ui: venv
 	mkdir -p mlruns
@@ -74,7 +74,7 @@ mlflow-ui: venv
 		--default-artifact-root $(CURDIR)/mlruns/artifacts \
 		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
 
-# MLflow and Prefect servers on PostgreSQL (docs/readme/scaling.md). `make pg-up` starts a
+# MLflow and Prefect servers on PostgreSQL (docs/scaling.md). `make pg-up` starts a
 # throwaway cluster on loopback (data in PG_DIR) and prints its URLs; `make mlflow-server` and
 # `make prefect-server-pg` run each server on it in the foreground (Ctrl-C stops); clients
 # need only MLFLOW_TRACKING_URI=http://127.0.0.1:$(MLFLOW_PORT) or PREFECT_API_URL.

@@ -2,7 +2,7 @@
 
 Every corpus is ingested at once, one task each, on the flow's task runner: threads here;
 CHARFLOW_TASK_RUNNER=dask or ray spreads the ingests over a cluster (configuration, not
-code; see docs/readme/flows.md). Training then runs corpus after corpus on this machine.
+code; see docs/flows.md). Training then runs corpus after corpus on this machine.
 One corpus failing does not stop the others; the pipeline fails at the end, naming every
 corpus that failed and why.
 """

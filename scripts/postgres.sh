@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A throwaway PostgreSQL cluster on loopback for the MLflow and Prefect servers, and those
-# servers on it (docs/readme/scaling.md).
+# servers on it (docs/scaling.md).
 #
 #   scripts/postgres.sh up        # initdb (first time) + start; databases mlflow, prefect; prints URLs
 #   scripts/postgres.sh urls      # prints the URLs again (shell syntax: eval "$(... urls)")
