@@ -14,7 +14,6 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -33,14 +32,11 @@ from scrapers.ingest import ingest, resolve_options
 from scrapers.registry import GatherContext, RawItem, Skipped, get_corpus
 from scrapers.store import RAW_DIR, file_sha256, read_manifest
 from training.config import TrainConfig
+from training.paths import charflow_home
 
 # The code that turns raw bytes into a corpus: part of build_corpus's cache key.
 CORPUS_CODE = ("scrapers", "cleaners")
 LOOPBACK = {"127.0.0.1", "localhost", "::1"}
-
-
-def charflow_home() -> Path:
-    return Path(os.environ.get("CHARFLOW_HOME") or Path.cwd()).resolve()
 
 
 def data_root(data_dir: str | None = None) -> Path:

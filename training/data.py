@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from training.errors import TrainingError
+from training.paths import charflow_home
 
 CHUNK_BYTES = 1 << 19  # bounds memory: a chunk makes at most ~4 MB of transient arrays
 FORMAT = "charflow-encoded"
@@ -87,7 +88,7 @@ def corpus_name(source: str | Path) -> str:
 
 
 def default_cache_dir() -> Path:
-    return Path(os.environ.get("CHARFLOW_HOME", ".")) / "data" / ".cache" / "encoded"
+    return charflow_home() / "data" / ".cache" / "encoded"
 
 
 def prepare_dataset(

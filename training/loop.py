@@ -13,7 +13,6 @@ global batch with DistributedDataParallel; rank 0 alone evaluates, checkpoints a
 from __future__ import annotations
 
 import math
-import os
 import subprocess
 import sys
 import time
@@ -42,6 +41,7 @@ from training.data import Dataset, corpus_name, prepare_dataset
 from training.distributed import Ranks
 from training.errors import TrainingError
 from training.models import count_parameters, detach_state
+from training.paths import charflow_home
 from training.sample import generate
 
 EVAL_STREAMS = 16  # few, long streams: little of the split is read with a cold state
@@ -118,7 +118,7 @@ def evaluate(model, ids: np.ndarray, device: torch.device, autocast) -> float:
 
 
 def default_out_dir(corpus: str) -> Path:
-    return Path(os.environ.get("CHARFLOW_HOME") or ".") / "checkpoints" / corpus
+    return charflow_home() / "checkpoints" / corpus
 
 
 def resume_config(out_dir: Path, world_size: int = 1) -> TrainConfig:

@@ -57,6 +57,7 @@ from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
 from training.errors import TrainingError
+from training.paths import charflow_home
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +88,6 @@ MAX_PARAMS_PER_BATCH = 100
 # MLflow's first use of a SQLite file runs migrations and says so at INFO level.
 for _name in ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration"):
     logging.getLogger(_name).setLevel(logging.WARNING)
-
-
-def charflow_home() -> Path:
-    return Path(os.environ.get("CHARFLOW_HOME") or Path.cwd()).resolve()
 
 
 def default_tracking_uri() -> str:
