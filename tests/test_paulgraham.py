@@ -203,7 +203,7 @@ def test_local_path_source_reads_the_tree_directly(tmp_path):
     result = ingest("paulgraham", str(PG / "articles.html"), data_dir=tmp_path, limit=2)
     rows = [json.loads(line) for line in (result.path / "documents.jsonl").open()]
     assert [r["source"] for r in rows] == [
-        (PG / f"{s}.html").as_uri() for s in ("goodwriting", "do")
+        (PG.resolve() / f"{s}.html").as_uri() for s in ("goodwriting", "do")
     ]
     assert not (result.path / "raw").exists()  # nothing was downloaded
 
