@@ -24,15 +24,16 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.concurrency.sync import rate_limit
 
+from charflow.files import file_sha256
+from charflow.paths import charflow_home
 from flows.deploy import host_limit_name
 from flows.services import REPO
 from scrapers.errors import IngestError
 from scrapers.fetch import Fetcher
 from scrapers.ingest import ingest, resolve_options
 from scrapers.registry import GatherContext, RawItem, Skipped, get_corpus
-from scrapers.store import RAW_DIR, file_sha256, read_manifest
+from scrapers.store import RAW_DIR, read_manifest
 from training.config import TrainConfig
-from training.paths import charflow_home
 
 # The code that turns raw bytes into a corpus: part of build_corpus's cache key.
 CORPUS_CODE = ("scrapers", "cleaners")

@@ -19,11 +19,11 @@ import re
 from collections.abc import Iterator
 from pathlib import Path
 
+from charflow.files import file_sha256
 from cleaners.chinese import decode_chinese, split_novel, to_simplified
 from scrapers.errors import IngestError
 from scrapers.fetch import is_url
 from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped
-from scrapers.store import file_sha256
 
 OPTIONS = {"to_simplified": False}  # convert Traditional characters to Simplified (OpenCC)
 TRAINING_DEFAULTS = {"emb_size": 128}  # thousands of distinct characters

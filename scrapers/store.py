@@ -17,12 +17,12 @@ import json
 import os
 import re
 import shutil
-import subprocess
 import unicodedata
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from charflow.version import code_version
 from scrapers.registry import Document
 
 # Documents are joined by a newline, U+001E RECORD SEPARATOR, newline: one character the
@@ -55,29 +55,6 @@ _JSON_ROW = json.JSONEncoder(ensure_ascii=False)
 WRITEBACK_BYTES = 8 << 20
 # Manifest fields that differ between two runs even when they produced the same corpus.
 VOLATILE_FIELDS = ("created_at", "code_version", "fetch")
-
-
-def code_version() -> str:
-    """Git short sha of the checkout (with "-dirty" if modified), else the package version."""
-    here = Path(__file__).resolve().parent.parent
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=True,
-        ).stdout.strip()
-        if sha:
-            return sha
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("charflow")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def normalize_text(text: str) -> str:
@@ -177,14 +154,6 @@ def read_manifest(corpus_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     return json.loads(path.read_text(encoding="utf-8"))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class CorpusWriter:

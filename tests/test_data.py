@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from training import data as data_mod
-from training.data import document_split, prepare_dataset
+from training.data import document_split, encode_text, prepare_dataset
 from training.errors import TrainingError
 
 
@@ -25,7 +25,9 @@ def test_encodes_shakespeare_with_sorted_code_point_vocab(
     assert ds.vocab == sorted(set(text))
     assert ds.ids.dtype == np.uint16
     assert ds.decode(ds.ids) == text
-    assert ds.encode("First") == [ds.vocab.index(c) for c in "First"]
+    assert encode_text({c: i for i, c in enumerate(ds.vocab)}, "First") == [
+        ds.vocab.index(c) for c in "First"
+    ]
     assert ds.digest == hashlib.sha256(path.read_bytes()).hexdigest()
     assert ds.name == "shk"
 

@@ -27,8 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from charflow.files import file_sha256
+from charflow.paths import charflow_home
 from training.errors import TrainingError
-from training.paths import charflow_home
 
 CHUNK_BYTES = 1 << 19  # bounds memory: a chunk makes at most ~4 MB of transient arrays
 FORMAT = "charflow-encoded"
@@ -47,9 +48,6 @@ class Dataset:
     splits: dict[str, Ranges]
     num_documents: int | None
 
-    def __post_init__(self) -> None:
-        self._index = {ch: i for i, ch in enumerate(self.vocab)}
-
     @property
     def num_chars(self) -> int:
         return len(self.ids)
@@ -63,9 +61,6 @@ class Dataset:
 
     def split_size(self, split: str) -> int:
         return sum(b - a for a, b in self.splits[split])
-
-    def encode(self, text: str) -> list[int]:
-        return encode_text(self._index, text)
 
     def decode(self, ids) -> str:
         return "".join(self.vocab[int(i)] for i in ids)
@@ -111,7 +106,7 @@ def prepare_dataset(
             f"val_fraction {val_fraction} and test_fraction {test_fraction} must be in [0, 1) "
             "and leave room for training data"
         )
-    digest = file_digest(text_path)
+    digest = file_sha256(text_path)
     folder = Path(cache_dir or default_cache_dir()) / digest
     if not (folder / "meta.json").exists():
         started = time.perf_counter()
@@ -136,14 +131,6 @@ def _locate(source: Path) -> tuple[Path, Path | None]:
     if source.stat().st_size == 0:
         raise TrainingError(f"{source} is empty")
     return source, None
-
-
-def file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK_BYTES):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _decoded_chunks(path: Path):

@@ -13,7 +13,6 @@ global batch with DistributedDataParallel; rank 0 alone evaluates, checkpoints a
 from __future__ import annotations
 
 import math
-import subprocess
 import sys
 import time
 from contextlib import ExitStack, nullcontext
@@ -26,6 +25,8 @@ import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from charflow.paths import checkpoints_dir
+from charflow.version import code_version
 from training import distributed
 from training.checkpoint import (
     build_model,
@@ -41,7 +42,6 @@ from training.data import Dataset, corpus_name, prepare_dataset
 from training.distributed import Ranks
 from training.errors import TrainingError
 from training.models import count_parameters, detach_state
-from training.paths import charflow_home
 from training.sample import generate
 
 EVAL_STREAMS = 16  # few, long streams: little of the split is read with a cold state
@@ -118,7 +118,7 @@ def evaluate(model, ids: np.ndarray, device: torch.device, autocast) -> float:
 
 
 def default_out_dir(corpus: str) -> Path:
-    return charflow_home() / "checkpoints" / corpus
+    return checkpoints_dir() / corpus
 
 
 def resume_config(out_dir: Path, world_size: int = 1) -> TrainConfig:
@@ -134,27 +134,6 @@ def resume_config(out_dir: Path, world_size: int = 1) -> TrainConfig:
             f"which does not split over {world_size} processes"
         )
     return cfg.replace(batch_size=global_batch // world_size)
-
-
-def code_version() -> str:
-    here = Path(__file__).resolve().parent
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-        )
-        if out.returncode == 0:
-            return out.stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("charflow")
-    except PackageNotFoundError:
-        return "unknown"
 
 
 @dataclass

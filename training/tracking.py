@@ -56,8 +56,8 @@ from mlflow.tracking.context.registry import resolve_tags
 from mlflow.types import ColSpec, DataType, ParamSchema, ParamSpec, Schema
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from charflow.paths import charflow_home
 from training.errors import TrainingError
-from training.paths import charflow_home
 
 log = logging.getLogger(__name__)
 

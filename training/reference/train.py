@@ -195,7 +195,7 @@ def train_scratch(
 
 def run_params(cfg: ScratchConfig, ds, model, corpus: str) -> dict:
     """TrainConfig's names where they apply, so the MLflow UI lines runs up column by column."""
-    from training.loop import code_version  # the trainer's, so both runs report it alike
+    from charflow.version import code_version  # the trainer's, so both runs report it alike
 
     params = asdict(cfg)
     params["model"] = "rnn" if cfg.model == "minchar" else cfg.model
