@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 import sys
 from pathlib import Path
@@ -10,19 +9,6 @@ from pathlib import Path
 import typer
 
 from training.errors import TrainingError
-
-
-def corpus_defaults(name: str) -> dict:
-    """Training defaults for a corpus: built-in ones, then the corpus module's own."""
-    from scrapers.errors import IngestError
-    from scrapers.registry import get_corpus
-    from training.config import CORPUS_DEFAULTS
-
-    try:
-        registered = get_corpus(name).training_defaults
-    except IngestError:  # not a registered corpus: a plain file or folder
-        registered = {}
-    return {**CORPUS_DEFAULTS.get(name, {}), **registered}
 
 
 def train(
@@ -53,13 +39,21 @@ def train(
     nproc: int = typer.Option(
         1, min=1, help="processes (DDP; one per GPU); --batch-size is per process"
     ),
+    settings: list[str] | None = typer.Option(
+        None,
+        "--set",
+        metavar="KEY=VALUE",
+        help="any training setting by its config name, e.g. --set weight_decay=0 (repeatable)",
+    ),
 ) -> None:
     """Train a character-level model; checkpoints best.pt and last.pt go to OUT."""
+    from flows.corpus_settings import corpus_defaults
     from training import distributed
-    from training.config import build_config
+    from training.config import TrainConfig, build_config, parse_assignments
     from training.data import corpus_name
     from training.loop import default_out_dir, resume_config
     from training.loop import train as run_training
+    from training.units import bits
 
     name = corpus or corpus_name(source)
     out_dir = out or default_out_dir(name)
@@ -83,13 +77,21 @@ def train(
         device=device,
     )
     overrides = {k: v for k, v in overrides.items() if v is not None}
+    # A setting given both as a flag and with --set is refused rather than ranked, so
+    # neither silently loses.
+    set_overrides = TrainConfig.parse_overrides(parse_assignments(settings or []))
+    twice = sorted(set(overrides) & set(set_overrides))
+    if twice:
+        raise TrainingError(f"{', '.join(twice)} given both as a flag and with --set; give it once")
+    overrides |= set_overrides
     if resume:
         if preset is not None:
             raise TrainingError("--preset does not combine with --resume (the run keeps its own)")
         world_size = nproc if nproc > 1 else distributed.ranks_from_env().world_size
         cfg = resume_config(out_dir, world_size).replace(**overrides)
     else:
-        cfg = build_config(preset or "cpu-small", corpus_defaults(name), **overrides)
+        # replace(), not build_config's overrides, so `--set max_seconds=none` stays None
+        cfg = build_config(preset or "cpu-small", corpus_defaults(name)).replace(**overrides)
     args = dict(corpus=name, out_dir=out_dir, resume=resume, track=track, progress=progress)
     if nproc > 1:
         result = distributed.launch(nproc, run_training, cfg, source, **args)
@@ -99,7 +101,7 @@ def train(
         return
     typer.echo(
         f"best val loss {result.best_val_loss:.4f} nats/char "
-        f"({result.best_val_loss / math.log(2):.3f} bits/char), "
+        f"({bits(result.best_val_loss):.3f} bits/char), "
         f"test {result.test_loss:.4f}, {result.steps} steps ({result.stopped_because})"
     )
     typer.echo(f"checkpoints: {result.best_checkpoint} {result.last_checkpoint}")

@@ -13,7 +13,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.runtime import deployment, flow_run
 
-from flows.cli_train import corpus_defaults
+from flows.corpus_settings import corpus_defaults
 from flows.tasks import (
     corpus_on_disk,
     data_root,

@@ -1,13 +1,19 @@
 """Every training hyperparameter in one place, with named presets.
 
 Precedence, lowest first: dataclass defaults < preset < per-corpus defaults < explicit
-overrides. All fields are logged as MLflow params under these exact names, so any two
-runs can be compared side by side.
+overrides. Every field can also be given as text (`charflow train --set key=value`);
+`TrainConfig.parse_overrides` types it by the field's annotation. All fields are logged
+as MLflow params under these exact names, so any two runs can be compared side by side.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import types
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -58,6 +64,16 @@ class TrainConfig:
             raise TrainingError(f"unknown training setting(s): {', '.join(sorted(unknown))}")
         return dataclasses.replace(self, **overrides)
 
+    @classmethod
+    def parse_overrides(cls, raw: dict[str, str]) -> dict[str, Any]:
+        """{"lr": "3e-3", "bf16": "off"} -> {"lr": 0.003, "bf16": False}, typed by each field.
+
+        The types come from the annotations, so a new field is settable as text (e.g. by
+        `charflow train --set`) without touching this method. Ranges are `validate`'s job.
+        """
+        hints = typing.get_type_hints(cls)
+        return {key: _parse_value(key, text, hints[_known_field(key)]) for key, text in raw.items()}
+
     def validate(self) -> TrainConfig:
         """Reject settings the trainer cannot run, with one line naming the setting."""
         if self.model not in MODEL_TYPES:
@@ -89,6 +105,62 @@ class TrainConfig:
             if not ok:
                 raise TrainingError(f"{name} = {getattr(self, name)} is out of range")
         return self
+
+
+def parse_assignments(items: Iterable[str]) -> dict[str, str]:
+    """["lr=3e-3", "bf16=off"] -> {"lr": "3e-3", "bf16": "off"}; each key at most once."""
+    raw: dict[str, str] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not eq or not key:
+            raise TrainingError(f"setting {item!r} is not of the form key=value")
+        if key in raw:
+            raise TrainingError(f"setting {key} is given twice ({raw[key]!r} and {value!r})")
+        raw[key] = value
+    return raw
+
+
+def _known_field(key: str) -> str:
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    if key in names:
+        return key
+    close = difflib.get_close_matches(key, names, n=3, cutoff=0.6)
+    hint = f"did you mean {' or '.join(close)}?" if close else f"choose from {', '.join(names)}"
+    raise TrainingError(f"unknown training setting {key!r}; {hint}")
+
+
+# Words accepted for a bool setting, so `--set bf16=off` reads as it would in a shell script.
+BOOL_WORDS = {
+    **dict.fromkeys(("true", "yes", "on", "1"), True),
+    **dict.fromkeys(("false", "no", "off", "0"), False),
+}
+
+
+def _parse_value(key: str, text: str, hint: Any) -> Any:
+    """One setting's text as its field's type; `hint` is int, float, str, bool or X | None."""
+    options = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    optional = type(None) in options
+    (kind,) = [t for t in options if t is not type(None)]  # fields are X or X | None only
+    if optional and text.lower() == "none":
+        return None
+    expected = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "text")
+    expected += " or none" if optional else ""
+    try:
+        if kind is bool:
+            return BOOL_WORDS[text.lower()]
+        if kind is int:
+            return int(text)
+        if kind is float:
+            value = float(text)
+            if not math.isfinite(value):  # nan slips past every range check in validate
+                raise ValueError(text)
+            return value
+        if kind is str and text:
+            return text
+    except (KeyError, ValueError):
+        pass
+    raise TrainingError(f"bad value for training setting {key}: {text!r} (expected {expected})")
 
 
 LR_DECAYS = ("cosine", "linear", "constant")
