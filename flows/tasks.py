@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -34,6 +33,7 @@ from scrapers.ingest import ingest, resolve_options
 from scrapers.registry import GatherContext, RawItem, Skipped, get_corpus
 from scrapers.store import RAW_DIR, read_manifest
 from training.config import TrainConfig
+from training.units import bits
 
 # The code that turns raw bytes into a corpus: part of build_corpus's cache key.
 CORPUS_CODE = ("scrapers", "cleaners")
@@ -346,7 +346,7 @@ def report_training(corpus: str, decision: str, result=None, encoded: dict | Non
     if result is not None:
         client = mlflow_client()
         metrics = client.get_run(result.run_id).data.metrics if result.run_id else {}
-        bpc = {k: v / math.log(2) for k, v in metrics.items() if k.endswith("_loss")}
+        bpc = {k: bits(v) for k, v in metrics.items() if k.endswith("_loss")}
         lines += [
             "",
             f"**Champion:** {'yes' if result.is_champion else 'no'} "
@@ -356,9 +356,9 @@ def report_training(corpus: str, decision: str, result=None, encoded: dict | Non
             "| --- | --- |",
             f"| steps | {result.steps} ({result.stopped_because}) |",
             f"| best val loss (nats/char) | {result.best_val_loss:.4f} |",
-            f"| best val bpc | {result.best_val_loss / math.log(2):.4f} |",
+            f"| best val bpc | {bits(result.best_val_loss):.4f} |",
             f"| test loss (nats/char) | {result.test_loss:.4f} |",
-            f"| test bpc | {result.test_loss / math.log(2):.4f} |",
+            f"| test bpc | {bits(result.test_loss):.4f} |",
         ]
         for key in ("train_loss", "chars_per_sec"):
             if key in metrics:
