@@ -12,7 +12,6 @@ much CPU the machine really gives (the note shows the throughput seen): run it q
 
 from __future__ import annotations
 
-import math
 import os
 import tempfile
 from pathlib import Path
@@ -20,7 +19,8 @@ from pathlib import Path
 import torch
 
 from training.config import CORPUS_DEFAULTS, build_config
-from training.loop import train
+from training.train import train
+from training.units import bits
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"
@@ -53,7 +53,7 @@ def run() -> list[dict]:
                 "unit": "nats/char",
                 "target": f"<= {target}",
                 "note": (
-                    f"{result.best_val_loss / math.log(2):.3f} bits/char at step "
+                    f"{bits(result.best_val_loss):.3f} bits/char at step "
                     f"{best_row['step']} of {result.steps} ({result.stopped_because}); "
                     f"{result.chars_per_sec:,.0f} chars/s while training; {where}"
                 ),

@@ -74,7 +74,7 @@ def same_host(url: str, base: str) -> bool:
 
 def site_links(base_url: str, hrefs) -> list[str]:
     """Resolve hrefs against base_url; keep http(s)/file links on base_url's host only,
-    normalised and de-duplicated, in first-seen order."""
+    normalized and de-duplicated, in first-seen order."""
     seen: dict[str, None] = {}
     for href in hrefs:
         if not href or href.startswith(("mailto:", "javascript:", "#")):

@@ -4,7 +4,7 @@ Column vectors, as in the original gist; each line is one equation:
 
     x_t = onehot(inputs[t])
     h_t = tanh(Wxh x_t + Whh h_{t-1} + bh)
-    y_t = Why h_t + by                       unnormalised log-probabilities
+    y_t = Why h_t + by                       unnormalized log-probabilities
     p_t = softmax(y_t)
     loss = sum_t -log p_t[targets[t]]        nats, summed over time (not averaged)
 

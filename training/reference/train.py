@@ -22,6 +22,7 @@ import numpy as np
 from training.errors import TrainingError
 from training.reference import MODELS, build_model
 from training.reference.core import evaluate, sample
+from training.units import bits
 
 CLIP = 5.0  # element-wise, as in min-char-rnn (the PyTorch trainer clips the norm instead)
 IMPLEMENTATION = "numpy-reference"
@@ -155,7 +156,7 @@ def train_scratch(
                 train_loss = float(np.mean(interval))
                 metrics |= {
                     "train_loss": train_loss,
-                    "train_bpc": train_loss / math.log(2),
+                    "train_bpc": bits(train_loss),
                     "lr": cfg.lr,
                     "grad_norm": step.grad_norm,
                     "chars_per_sec": len(interval) * cfg.seq_len / elapsed,
@@ -165,7 +166,7 @@ def train_scratch(
             if (cfg.eval_every and step.step % cfg.eval_every == 0) or last:
                 val_loss = held_out_loss("val")
                 if val_loss is not None:
-                    metrics |= {"val_loss": val_loss, "val_bpc": val_loss / math.log(2)}
+                    metrics |= {"val_loss": val_loss, "val_bpc": bits(val_loss)}
                     history.append({"step": step.step, "val_loss": val_loss})
             if (cfg.sample_every and step.step % cfg.sample_every == 0) or last:
                 ixes = sample(model, step.state, step.next_ix, cfg.sample_chars, rng)
@@ -173,7 +174,7 @@ def train_scratch(
                 val = f"  val {val_loss:.4f}" if val_loss is not None else ""
                 bar.write(
                     f"step {step.step}/{cfg.max_steps}  smooth loss {smooth_loss:.4f} nats/char "
-                    f"({smooth_loss / math.log(2):.3f} bpc){val}\n----\n{text}\n----"
+                    f"({bits(smooth_loss):.3f} bpc){val}\n----\n{text}\n----"
                 )
                 if run is not None:
                     run.log_sample(step.step, text)
@@ -186,7 +187,7 @@ def train_scratch(
         if run is not None:
             if test_loss is not None:
                 run.log_metrics(
-                    {"test_loss": test_loss, "test_bpc": test_loss / math.log(2)}, cfg.max_steps
+                    {"test_loss": test_loss, "test_bpc": bits(test_loss)}, cfg.max_steps
                 )
             run.log_loss_curve(history)
         run_id = run.run_id if run is not None else None
