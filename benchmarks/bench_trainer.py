@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from training.config import build_config
-from training.loop import train
+from training.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 SHAKESPEARE = REPO.parent / "shared" / "corpora" / "tinyshakespeare" / "input.txt"

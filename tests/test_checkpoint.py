@@ -19,7 +19,7 @@ from training.checkpoint import (
 )
 from training.config import build_config
 from training.errors import TrainingError
-from training.loop import train
+from training.train import train
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ import torch
 
 from training.config import build_config
 from training.errors import TrainingError
-from training.loop import train
+from training.train import train
 from training.models import CharModel
 from training.sample import generate, sample_texts
 

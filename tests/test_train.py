@@ -10,7 +10,8 @@ import torch
 
 from training.checkpoint import load_checkpoint
 from training.config import build_config
-from training.loop import learning_rate, train
+from training.loop import learning_rate
+from training.train import train
 
 
 def unigram_entropy(text: str) -> float:
@@ -149,13 +150,13 @@ def test_tracked_run_is_in_mlflow_and_samples_from_the_model_uri(
 ):
     from mlflow import MlflowClient
 
-    from training import tracking
+    from training import mlflow_setup
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{trainer_home / 'mlflow.db'}")
     monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
     cfg = build_config("tiny", max_steps=40, eval_every=20, device="cpu")
     result = train(cfg, write_text("shk.txt", shakespeare_text[:20_000]), corpus="shk")
-    client = MlflowClient(tracking.configure_mlflow())
+    client = MlflowClient(mlflow_setup.configure_mlflow())
     run = client.get_run(result.run_id)
     p = run.data.params
     assert p["hidden_size"] == "32" and p["corpus"] == "shk" and p["world_size"] == "1"

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from training.config import build_config
-from training.loop import train
+from training.train import train
 
 
 def assert_one_line_error(code: int, err: str, *fragments: str) -> None:

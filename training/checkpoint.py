@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from training.config import TrainConfig
+from training.config import RESUMABLE, TrainConfig
 from training.errors import TrainingError
 from training.models import CharModel
 
@@ -75,6 +75,43 @@ def checkpoint_config(ckpt: dict) -> TrainConfig:
 
 def saved_world_size(ckpt: dict) -> int:
     return int(ckpt.get("world_size", 1))
+
+
+def resume_config(out_dir: Path, world_size: int = 1) -> TrainConfig:
+    """The settings a run in `out_dir` was started with (to resume it in `world_size`
+    processes: the global batch stays, split evenly over the processes)."""
+    path = Path(out_dir) / "last.pt"
+    ckpt = load_checkpoint(path)
+    cfg = checkpoint_config(ckpt)
+    global_batch = cfg.batch_size * saved_world_size(ckpt)
+    if global_batch % world_size:
+        raise TrainingError(
+            f"{path} has a global batch of {global_batch} streams, "
+            f"which does not split over {world_size} processes"
+        )
+    return cfg.replace(batch_size=global_batch // world_size)
+
+
+def load_resumable(last_path: Path, cfg: TrainConfig, world_size: int) -> dict:
+    """The checkpoint to resume with `cfg`, refused when a setting that shapes the math changed.
+
+    batch_size is per process: a run may resume in another number of processes as long as
+    the global batch (and so the streams and the carried state) stays the same."""
+    ckpt = load_checkpoint(last_path)
+    saved = checkpoint_config(ckpt)
+    changed = [
+        f"{k} ({getattr(saved, k)!r} -> {getattr(cfg, k)!r})"
+        for k in cfg.to_params()
+        if k not in (*RESUMABLE, "batch_size") and getattr(saved, k) != getattr(cfg, k)
+    ]
+    saved_batch = saved.batch_size * saved_world_size(ckpt)
+    if saved_batch != cfg.batch_size * world_size:
+        changed.append(f"global batch size ({saved_batch} -> {cfg.batch_size * world_size})")
+    if changed:
+        raise TrainingError(f"cannot change on resume: {', '.join(changed)}")
+    if ckpt["step"] >= cfg.max_steps:
+        raise TrainingError(f"{last_path} is at step {ckpt['step']}; raise max_steps to continue")
+    return ckpt
 
 
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> CharModel:

@@ -60,5 +60,22 @@ def detach_state(state: State | None) -> State | None:
     return state.detach()
 
 
+def state_tensors(state: State | None) -> list[torch.Tensor] | None:
+    """The state as a checkpoint stores it: [h] or [h, c]."""
+    if state is None:
+        return None
+    return list(state) if isinstance(state, tuple) else [state]
+
+
+def state_from_tensors(
+    saved: list[torch.Tensor] | None, device: torch.device, rows: slice = slice(None)
+) -> State | None:
+    """A stored state back on `device`, cut to the batch `rows` (one rank's share)."""
+    if saved is None:
+        return None
+    tensors = [t[:, rows].contiguous().to(device) for t in saved]
+    return tuple(tensors) if len(tensors) == 2 else tensors[0]
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -1,0 +1,96 @@
+"""Where the training loop's news goes: the console (log lines and a progress bar) and MLflow.
+
+The loop calls three methods of one `Reporter` and knows nothing else about its audience;
+`Reporters` fans one call out to several.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from training.units import bits
+
+# The metrics every run logs at each evaluation, under these names (compare runs in the UI).
+EVAL_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "chars_per_sec")
+
+
+class Reporter:
+    """Silent: the base for reporters, and what ranks other than 0 report to."""
+
+    def log(self, message: str) -> None:
+        """A line for the person watching."""
+
+    def step(self) -> None:
+        """One training step is done."""
+
+    def evaluation(self, row: dict, sample: str, improved: bool) -> None:
+        """An evaluation: `row` as in the run's history, a sample of the model's text."""
+
+
+class Reporters(Reporter):
+    def __init__(self, *reporters: Reporter):
+        self.reporters = reporters
+
+    def log(self, message: str) -> None:
+        for r in self.reporters:
+            r.log(message)
+
+    def step(self) -> None:
+        for r in self.reporters:
+            r.step()
+
+    def evaluation(self, row: dict, sample: str, improved: bool) -> None:
+        for r in self.reporters:
+            r.evaluation(row, sample, improved)
+
+
+class Console(Reporter):
+    """Lines on stderr; a tqdm bar over the steps when `bar` is on (then lines go through tqdm
+    so they do not tear it)."""
+
+    def __init__(self, bar: bool, max_steps: int, initial_step: int = 0):
+        self.max_steps = max_steps
+        self.bar = None
+        if bar:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=max_steps, initial=initial_step, dynamic_ncols=True)
+
+    def log(self, message: str) -> None:
+        if self.bar is not None:
+            self.bar.write(message, file=sys.stderr)
+        else:
+            print(message, file=sys.stderr, flush=True)
+
+    def step(self) -> None:
+        if self.bar is not None:
+            self.bar.update()
+
+    def evaluation(self, row: dict, sample: str, improved: bool) -> None:
+        self.log(
+            f"step {row['step']}/{self.max_steps} | train {row['train_loss']:.4f} | "
+            f"val {row['val_loss']:.4f} ({bits(row['val_loss']):.3f} bpc)"
+            f"{' *' if improved else ''} | lr {row['lr']:.2e} | "
+            f"{row['chars_per_sec']:,.0f} chars/s | {row['seconds']:.0f} s"
+        )
+        if sample:
+            self.log("  sample: " + sample[:120].replace("\n", " | "))
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
+
+
+class MLflowReporter(Reporter):
+    """Metrics (with their bits/char twins) and samples into the run of `tracker`."""
+
+    def __init__(self, tracker):
+        self.tracker = tracker  # training.tracking.RunTracker; MLflow loads only when used
+
+    def evaluation(self, row: dict, sample: str, improved: bool) -> None:
+        metrics = {k: row[k] for k in EVAL_METRICS}
+        metrics.update(train_bpc=bits(row["train_loss"]), val_bpc=bits(row["val_loss"]))
+        self.tracker.log_metrics(metrics, step=row["step"])
+        if sample:
+            self.tracker.log_sample(row["step"], sample)

@@ -1,0 +1,183 @@
+"""One training, start to finish: check the input, build or resume the run, fit it while
+reporting to the console and MLflow, then score the best checkpoint on the test split and
+register it as a model version.
+
+This is the function the CLI, the Prefect flows and the tests call; the loop itself is
+training/loop.py.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from charflow.paths import checkpoints_dir
+from charflow.version import code_version
+from training import distributed
+from training.checkpoint import load_resumable
+from training.config import TrainConfig
+from training.data import corpus_name, prepare_dataset
+from training.errors import TrainingError
+from training.loop import fit
+from training.reporting import Console, MLflowReporter, Reporter, Reporters
+from training.run import Run, best_test_loss, build_run, check_splits, restore
+from training.units import bits
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    best_val_loss: float
+    test_loss: float  # nan when the corpus has no test split
+    steps: int
+    stopped_because: str  # max_steps | max_seconds | early_stopping | interrupted
+    best_checkpoint: Path
+    last_checkpoint: Path
+    model_version: str | None
+    is_champion: bool
+    champion_reason: str
+    chars_per_sec: float = 0.0  # training steps only, evaluation excluded
+    history: list[dict] = field(default_factory=list)
+
+
+def default_out_dir(corpus: str) -> Path:
+    return checkpoints_dir() / corpus
+
+
+def train(
+    cfg: TrainConfig,
+    source: str | Path,
+    *,
+    corpus: str | None = None,
+    out_dir: Path | None = None,
+    resume: bool = False,
+    track: bool = True,
+    run_tags: dict | None = None,
+    progress: bool | None = None,
+) -> TrainResult:
+    """Train on `source` (corpus folder or UTF-8 file); checkpoints go to out_dir/{best,last}.pt.
+
+    Everything that can be wrong with the input is checked before anything is written.
+    """
+    cfg.validate()
+    corpus = corpus or corpus_name(source)
+    out_dir = Path(out_dir) if out_dir else default_out_dir(corpus)
+    ranks = distributed.ranks_from_env()
+    ckpt = load_resumable(out_dir / "last.pt", cfg, ranks.world_size) if resume else None
+    notes: list[str] = []  # shown once the input is known to be good: errors stay one line
+    data = prepare_dataset(
+        source,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        progress=notes.append,
+    )
+    if ckpt and ckpt["corpus_digest"] != data.digest:
+        raise TrainingError(f"{out_dir / 'last.pt'} was trained on another corpus text")
+    check_splits(cfg, data, ranks)  # before the ranks join up: every rank fails alike
+    track = track and ranks.is_main
+    with ExitStack() as stack:
+        stack.callback(distributed.teardown, ranks)
+        run = build_run(cfg, data, corpus, distributed.setup(ranks, cfg.device), out_dir, ranks)
+        if ckpt:
+            restore(run, ckpt)
+        console = Reporter()  # ranks other than 0 stay quiet
+        if ranks.is_main:
+            show_bar = sys.stderr.isatty() if progress is None else progress
+            console = Console(show_bar, cfg.max_steps, run.state.step)
+            stack.callback(console.close)
+        report: Reporter = console
+        tracker = None
+        if track:
+            from training.tracking import RunTracker  # MLflow loads only when tracking
+
+            tracker = stack.enter_context(
+                RunTracker(corpus, tags=run_tags, run_id=run.state.run_id)
+            )
+            run.state.run_id = tracker.run_id
+            _log_run_inputs(tracker, run)
+            report = Reporters(console, MLflowReporter(tracker))
+        for note in notes:
+            report.log(note)
+        if tracker:
+            report.log(f"MLflow run {tracker.run_id}: {tracker.run_url()}")
+        report.log(_describe(run))
+
+        stopped, chars_per_sec = fit(run, report)
+
+        s = run.state
+        test_loss = best_test_loss(run) if ranks.is_main else math.nan
+        report.log(
+            f"stopped ({stopped}) at step {s.step}: best val {s.best_val_loss:.4f} nats/char "
+            f"({bits(s.best_val_loss):.3f} bpc) at step {s.best_step}, test {test_loss:.4f}; "
+            f"checkpoints in {out_dir}"
+        )
+        model = _log_run_outputs(tracker, run, test_loss, report) if tracker else None
+    return TrainResult(
+        run_id=s.run_id,
+        best_val_loss=s.best_val_loss,
+        test_loss=test_loss,
+        steps=s.step,
+        stopped_because=stopped,
+        best_checkpoint=run.best_path,
+        last_checkpoint=run.last_path,
+        model_version=model.version if model else None,
+        is_champion=model.is_champion if model else False,
+        champion_reason=model.reason if model else "not tracked",
+        chars_per_sec=chars_per_sec,
+        history=s.history,
+    )
+
+
+def _describe(run: Run) -> str:
+    cfg, data = run.cfg, run.data
+    return (
+        f"{run.corpus}: {data.num_chars:,} chars, vocab {len(data.vocab)}, {cfg.model} "
+        f"{cfg.num_layers}x{cfg.hidden_size} with {run.param_count:,} parameters on "
+        f"{run.device}; train/val/test {data.split_size('train'):,}/"
+        f"{len(run.val_ids):,}/{len(run.test_ids):,} chars"
+    )
+
+
+def _log_run_inputs(tracker, run: Run) -> None:
+    cfg, data = run.cfg, run.data
+    tracker.log_params(
+        {
+            **cfg.to_params(),
+            "corpus": run.corpus,
+            "corpus_digest": data.digest,
+            "vocab_size": len(data.vocab),
+            "param_count": run.param_count,
+            "device": str(run.device),
+            "code_version": code_version(),
+            "world_size": run.ranks.world_size,
+            "global_batch_size": cfg.batch_size * run.ranks.world_size,
+        }
+    )
+    tracker.log_dataset(
+        name=run.corpus,
+        digest=data.digest,
+        source=str(data.source),
+        num_chars=data.num_chars,
+        vocab_size=len(data.vocab),
+        num_documents=data.num_documents,
+    )
+
+
+def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
+    """Test metrics, the loss curve, and the best checkpoint registered as a model version."""
+    from training.registry import register_model
+
+    s = run.state
+    if not math.isnan(test_loss):
+        tracker.log_metrics({"test_loss": test_loss, "test_bpc": bits(test_loss)}, step=s.step)
+    tracker.log_loss_curve(
+        [{k: r[k] for k in ("step", "train_loss", "val_loss")} for r in s.history]
+    )
+    model = register_model(
+        tracker, run.best_path, val_loss=s.best_val_loss, corpus_digest=run.data.digest
+    )
+    report.log(f"model version {model.version}: {model.reason}")
+    return model
