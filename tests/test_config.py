@@ -36,6 +36,7 @@ EVERY_FIELD = {
     "grad_clip": ("0.5", 0.5),
     "max_steps": ("6", 6),
     "max_seconds": ("300", 300.0),
+    "max_chars": ("1_000_000", 1_000_000),
     "eval_every": ("3", 3),
     "patience": ("0", 0),
     "sample_chars": ("10", 10),
