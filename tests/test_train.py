@@ -175,3 +175,27 @@ def test_tracked_run_is_in_mlflow_and_samples_from_the_model_uri(
     )  # fmt: skip
     assert code == 0, err
     assert out.startswith("ROMEO:") and len(out.rstrip("\n")) == 36
+
+
+def test_time_budget_schedules_at_least_twenty_evaluations(
+    trainer_home, write_text, shakespeare_text
+):
+    """eval_every far beyond the run: the time budget alone schedules the evaluations."""
+    cfg = build_config("tiny", max_steps=10**6, eval_every=10**6, max_seconds=2.0, device="cpu")
+    result = train(cfg, write_text("s.txt", shakespeare_text[:20_000]), track=False)
+    assert result.stopped_because == "max_seconds"
+    assert len(result.history) >= 20
+    seconds = [row["seconds"] for row in result.history]
+    assert seconds == sorted(seconds) and seconds[-1] >= 2.0
+
+
+def test_character_budget_stops_and_schedules_evaluations(
+    trainer_home, write_text, shakespeare_text
+):
+    cfg = build_config("tiny", max_steps=10**6, eval_every=10**6, max_chars=40_000, device="cpu")
+    result = train(cfg, write_text("s.txt", shakespeare_text[:20_000]), track=False)
+    per_step = cfg.batch_size * cfg.seq_len
+    assert result.stopped_because == "max_chars"
+    assert result.steps == -(-40_000 // per_step)  # the step that reaches the budget is the last
+    assert result.history[-1]["chars"] == result.steps * per_step
+    assert len(result.history) >= 20

@@ -39,14 +39,18 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup_steps: int = 100
     lr_decay: str = "cosine"  # "cosine" | "linear" | "constant"
-    # Steps over which the rate decays (None: max_steps). With max_seconds set, the decay
-    # follows whichever runs out first, steps or time, so a time-boxed run still anneals.
+    # Steps over which the rate decays (None: max_steps). With max_seconds or max_chars set,
+    # the decay follows whichever runs out first, so a time- or data-boxed run still anneals.
     lr_decay_steps: int | None = None
     min_lr_ratio: float = 0.1
     grad_clip: float = 1.0
     # schedule
     max_steps: int = 2000
+    # Budgets besides max_steps: seconds of training steps (evaluation not counted, so a
+    # model whose evaluation is slow gets the same training time) and characters read.
+    # Either one also schedules evaluation: at least EVAL_POINTS of them however short.
     max_seconds: float | None = None
+    max_chars: int | None = None
     eval_every: int = 200
     patience: int = 5  # evaluations without val improvement before stopping; 0 disables
     sample_chars: int = 300
@@ -99,6 +103,7 @@ class TrainConfig:
             "patience": self.patience >= 0,
             "sample_chars": self.sample_chars >= 0,
             "max_seconds": self.max_seconds is None or self.max_seconds > 0,
+            "max_chars": self.max_chars is None or self.max_chars >= 1,
             "lr_decay_steps": self.lr_decay_steps is None or self.lr_decay_steps >= 1,
         }
         for name, ok in checks.items():
@@ -165,7 +170,15 @@ def _parse_value(key: str, text: str, hint: Any) -> Any:
 
 LR_DECAYS = ("cosine", "linear", "constant")
 # Settings that may change when a run resumes (they steer the run, not the math).
-RESUMABLE = ("max_steps", "max_seconds", "eval_every", "patience", "sample_chars", "device")
+RESUMABLE = (
+    "max_steps",
+    "max_seconds",
+    "max_chars",
+    "eval_every",
+    "patience",
+    "sample_chars",
+    "device",
+)
 
 
 PRESETS: dict[str, dict[str, Any]] = {

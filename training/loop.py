@@ -22,19 +22,25 @@ from training.checkpoint import save_checkpoint
 from training.config import TrainConfig
 from training.models import detach_state, state_tensors
 from training.reporting import Reporter
-from training.run import Run, checkpoint_payload
+from training.run import Run, TrainState, checkpoint_payload
 from training.sample import generate
 from training.streams import evaluate
 
+# A run bounded by time or characters evaluates at least this often, however short.
+EVAL_POINTS = 20
 
-def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
-    """Linear warmup, then decay to min_lr_ratio * lr by steps (or by time, if that is nearer)."""
+
+def learning_rate(cfg: TrainConfig, step: int, elapsed: float, chars: int = 0) -> float:
+    """Linear warmup, then decay to min_lr_ratio * lr by steps (or by time or characters,
+    whichever budget runs out first)."""
     if step < cfg.warmup_steps:
         return cfg.lr * (step + 1) / cfg.warmup_steps
     horizon = cfg.lr_decay_steps or cfg.max_steps
     progress = (step - cfg.warmup_steps) / max(1, horizon - cfg.warmup_steps)
     if cfg.max_seconds:
         progress = max(progress, elapsed / cfg.max_seconds)
+    if cfg.max_chars:
+        progress = max(progress, chars / cfg.max_chars)
     progress = min(progress, 1.0)
     ratio = {"constant": 1.0, "linear": 1 - progress}.get(
         cfg.lr_decay, 0.5 * (1 + math.cos(math.pi * progress))
@@ -42,30 +48,58 @@ def learning_rate(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * ratio)
 
 
-class Throughput:
-    """Characters per second of training steps, evaluation time left out: a window per
-    evaluation interval, and the total over all windows."""
+def evaluation_due(cfg: TrainConfig, s: TrainState) -> bool:
+    """Every eval_every steps, and each time a twentieth of a time or character budget passes."""
+    if s.step % cfg.eval_every == 0:
+        return True
+    last = s.history[-1] if s.history else {}
 
-    def __init__(self) -> None:
-        self.seconds, self.chars, self.window_chars = 0.0, 0, 0
-        self.restart()
+    def crossed(key: str, now: float, budget: float | None) -> bool:
+        every = budget / EVAL_POINTS if budget else 0
+        return bool(every) and now // every > last.get(key, 0) // every
 
-    def restart(self) -> None:
-        self.window_start = time.perf_counter()
+    return crossed("seconds", s.elapsed_seconds, cfg.max_seconds) or crossed(
+        "chars", s.chars_seen, cfg.max_chars
+    )
+
+
+def budget_spent(cfg: TrainConfig, s: TrainState) -> str | None:
+    """Which limit stops the run now, if any."""
+    if s.step >= cfg.max_steps:
+        return "max_steps"
+    if cfg.max_seconds and s.elapsed_seconds >= cfg.max_seconds:
+        return "max_seconds"
+    if cfg.max_chars and s.chars_seen >= cfg.max_chars:
+        return "max_chars"
+    return None
+
+
+class TrainClock:
+    """Seconds and characters of training steps, evaluation left out: a window per
+    evaluation interval for the rate logged with it, and totals for the run's throughput."""
+
+    def __init__(self, seconds_before: float) -> None:
+        self.before = seconds_before  # training seconds of earlier windows and sessions
+        self.seconds, self.chars = 0.0, 0  # this session's closed windows
+        self.start_window()
+
+    def start_window(self) -> None:
+        self.window_start, self.window_chars = time.perf_counter(), 0
 
     def add(self, chars: int) -> None:
         self.window_chars += chars
 
+    @property
+    def elapsed(self) -> float:
+        return self.before + time.perf_counter() - self.window_start
+
     def lap(self) -> float:
-        """Close the window: its rate (the next window starts at `restart`)."""
+        """Close the window; its rate in chars/s (the next one opens at start_window)."""
         seconds = max(time.perf_counter() - self.window_start, 1e-9)
-        rate = self.window_chars / seconds
-        self.seconds, self.chars, self.window_chars = (
-            self.seconds + seconds,
-            self.chars + self.window_chars,
-            0,
-        )
-        return rate
+        self.before += seconds
+        self.seconds += seconds
+        self.chars += self.window_chars
+        return self.window_chars / seconds
 
     @property
     def overall(self) -> float:
@@ -77,28 +111,24 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
     cfg, s, model, opt = run.cfg, run.state, run.model, run.opt
     loss_sum, n_losses = torch.zeros((), device=run.device), 0  # summed on the device: no sync
     grad_norm = torch.zeros(())
-    speed = Throughput()
-    started = time.perf_counter() - s.elapsed_seconds
+    clock = TrainClock(s.elapsed_seconds)
     evaluated_at = s.step if s.history else -1  # a checkpoint is always right after an eval
 
     def evaluate_now() -> bool:
         nonlocal n_losses, evaluated_at
         mean = distributed.mean(run.ranks, loss_sum).item() / n_losses if n_losses else math.nan
-        stop = evaluate_and_save(run, report, mean, float(grad_norm), speed.lap())
+        stop = evaluate_and_save(run, report, mean, float(grad_norm), clock.lap())
         loss_sum.zero_()
         n_losses, evaluated_at = 0, s.step
-        speed.restart()
+        clock.start_window()
         return stop
 
-    stopped = "max_steps"
+    stopped = None
     model.train()
     try:
-        while s.step < cfg.max_steps:
-            if cfg.max_seconds and s.elapsed_seconds >= cfg.max_seconds:
-                stopped = "max_seconds"
-                break
+        while not (stopped := budget_spent(cfg, s)):
             for group in opt.param_groups:
-                group["lr"] = learning_rate(cfg, s.step, s.elapsed_seconds)
+                group["lr"] = learning_rate(cfg, s.step, s.elapsed_seconds, s.chars_seen)
             if s.data_pos + cfg.seq_len > run.streams.length:  # next pass over the data
                 s.data_pos, s.epoch, run.carried = 0, s.epoch + 1, None
             x, y = run.streams.chunk(s.data_pos, cfg.seq_len)
@@ -116,12 +146,13 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
             n_losses += 1
             s.step += 1
             s.data_pos += cfg.seq_len
-            speed.add(x.numel() * run.ranks.world_size)
-            s.elapsed_seconds = time.perf_counter() - started
+            s.chars_seen += x.numel() * run.ranks.world_size
+            clock.add(x.numel() * run.ranks.world_size)
+            s.elapsed_seconds = clock.elapsed
             if cfg.max_seconds:  # ranks must agree on the schedule and when to stop
                 s.elapsed_seconds = distributed.from_main(run.ranks, s.elapsed_seconds, run.device)
             report.step()
-            if s.step % cfg.eval_every == 0 and evaluate_now():
+            if evaluation_due(cfg, s) and evaluate_now():
                 stopped = "early_stopping"
                 break
     except KeyboardInterrupt:
@@ -129,7 +160,7 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
         report.log("interrupted: saving a checkpoint to resume from")
     if evaluated_at != s.step:  # the steps since the last evaluation
         evaluate_now()
-    return stopped, speed.overall
+    return stopped, clock.overall
 
 
 def evaluate_and_save(
@@ -158,6 +189,7 @@ def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_
         "grad_norm": grad_norm,
         "chars_per_sec": chars_per_sec,
         "seconds": s.elapsed_seconds,
+        "chars": s.chars_seen,
     }
     s.history.append(row)
     improved = val_loss < s.best_val_loss

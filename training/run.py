@@ -37,7 +37,8 @@ class TrainState:
     step: int = 0
     epoch: int = 0  # passes over the train split
     data_pos: int = 0  # offset of the next chunk inside every stream
-    elapsed_seconds: float = 0.0
+    elapsed_seconds: float = 0.0  # training steps only: evaluation is not counted
+    chars_seen: int = 0  # characters read by training steps, all ranks together
     best_val_loss: float = math.inf
     best_step: int = 0
     bad_evals: int = 0  # evaluations since val loss last improved
@@ -135,7 +136,8 @@ def restore(run: Run, ckpt: dict) -> None:
     """Continue a run exactly where its checkpoint left it (weights, optimizer, RNG, data)."""
     run.model.load_state_dict(ckpt["model"])
     run.opt.load_state_dict(ckpt["optimizer"])
-    run.state = TrainState(**{f.name: ckpt[f.name] for f in fields(TrainState)})
+    saved = {f.name: ckpt[f.name] for f in fields(TrainState) if f.name in ckpt}
+    run.state = TrainState(**saved)  # a field added since the checkpoint keeps its default
     run.carried = state_from_tensors(ckpt["state"], run.device, run.ranks.rows(run.cfg.batch_size))
     set_rng_state(ckpt["rng"])
     seed_rank(run)
