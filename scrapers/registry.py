@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 
 ENTRY_POINT_GROUP = "charflow.corpora"
 # Modules of the framework itself; every other module in scrapers/ is a corpus.
-FRAMEWORK_MODULES = {"registry", "fetch", "store", "ingest", "mirror", "errors", "__main__"}
+FRAMEWORK_MODULES = {
+    "registry", "fetch", "index_pages", "store", "ingest", "mirror", "errors", "__main__",
+}  # fmt: skip
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +84,10 @@ class CorpusSpec:
     mirror_path: str | None = None  # source inside a mirror laid out like ../shared/corpora
     training_defaults: dict = field(default_factory=dict)  # TrainConfig overrides
     options: dict = field(default_factory=dict)  # corpus options and their defaults
+    # Extra manifest.json fields that depend on the whole corpus (a symbol alphabet with its
+    # counts): called once the documents are written, with the resolved options and the
+    # Documents written, in order; what it returns goes to CorpusWriter.commit(**fields).
+    manifest_fields: Callable[[dict, list[Document]], dict] | None = None
 
 
 _REGISTRY: dict[str, CorpusSpec] = {}

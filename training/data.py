@@ -219,8 +219,18 @@ def _split(
 ) -> tuple[dict[str, Ranges], int | None]:
     if docs_path is None:
         return tail_split(num_chars, val_fraction, test_fraction), None
-    starts, ids = _document_starts(docs_path)
-    splits = document_split(num_chars, starts, ids, val_fraction, test_fraction)
+    starts, ids, groups = _document_starts(docs_path)
+    grouped = any(g is not None for g in groups)
+    splits = document_split(
+        num_chars, starts, ids, val_fraction, test_fraction, groups if grouped else None
+    )
+    if splits is None and grouped:
+        # A character split would cut through a group: part of it trained on, part held out.
+        raise TrainingError(
+            f"{docs_path}: {len(set(groups) - {None}) + groups.count(None)} split groups "
+            f"(documents without one count alone) are too few for val_fraction "
+            f"{val_fraction} and test_fraction {test_fraction}"
+        )
     # Too few documents to give every wanted split one: fall back to the contiguous tail.
     return splits or tail_split(num_chars, val_fraction, test_fraction), len(starts)
 
@@ -236,8 +246,8 @@ def tail_split(num_chars: int, val_fraction: float, test_fraction: float) -> dic
     }
 
 
-def _document_starts(docs_path: Path) -> tuple[list[int], list[str]]:
-    starts, ids = [], []
+def _document_starts(docs_path: Path) -> tuple[list[int], list[str], list[str | None]]:
+    starts, ids, groups = [], [], []
     with open(docs_path, encoding="utf-8") as f:
         for n, line in enumerate(f, 1):
             if not line.strip():
@@ -246,9 +256,11 @@ def _document_starts(docs_path: Path) -> tuple[list[int], list[str]]:
                 doc = json.loads(line)
                 starts.append(int(doc["char_start"]))
                 ids.append(str(doc.get("id", n)))
+                group = doc.get("split_group")
+                groups.append(None if group is None else str(group))
             except (ValueError, KeyError, TypeError):
                 raise TrainingError(f"{docs_path}:{n}: not a document record") from None
-    return starts, ids
+    return starts, ids, groups
 
 
 def document_split(
@@ -257,12 +269,16 @@ def document_split(
     doc_ids: list[str],
     val_fraction: float,
     test_fraction: float,
+    groups: list[str | None] | None = None,
 ) -> dict[str, Ranges] | None:
     """Whole documents to val and test, picked in a fixed pseudo-random order (hash of id).
 
     A document's range runs to the next document's start, so the separator after it stays
-    with it and the model learns where documents end. Returns None when there are too few
-    documents to give each wanted split at least one and leave some for training.
+    with it and the model learns where documents end. `groups` (documents.jsonl's
+    `split_group`; None: a document of its own) keeps a group's documents in one split,
+    picked by the hash of the group's name: rallies of one match are not independent, so
+    none of a held-out match may be trained on. Returns None when there are too few
+    documents (groups) to give each wanted split at least one and leave some for training.
     """
     n = len(starts)
     by_start = sorted(range(n), key=lambda i: starts[i])
@@ -272,15 +288,25 @@ def document_split(
         end = starts[by_start[k + 1]] if k + 1 < n else num_chars
         span[i] = (begin, end)
     owner = dict.fromkeys(range(n), "train")
-    shuffled = iter(sorted(range(n), key=lambda i: hashlib.sha256(doc_ids[i].encode()).digest()))
+    units: dict[tuple[str, str | int], list[int]] = {}  # what goes to a split as one
+    for i in range(n):
+        group = groups[i] if groups else None
+        units.setdefault(("doc", i) if group is None else ("group", group), []).append(i)
+
+    def shuffle_key(unit: tuple[str, str | int]) -> bytes:  # hash of the group or doc id
+        kind, value = unit
+        return hashlib.sha256((doc_ids[value] if kind == "doc" else value).encode()).digest()
+
+    shuffled = iter(sorted(units, key=shuffle_key))
     for split, fraction in (("val", val_fraction), ("test", test_fraction)):
         got = 0
         while got < fraction * num_chars:
-            i = next(shuffled, None)
-            if i is None:
+            unit = next(shuffled, None)
+            if unit is None:
                 return None
-            owner[i] = split
-            got += span[i][1] - span[i][0]
+            for i in units[unit]:
+                owner[i] = split
+                got += span[i][1] - span[i][0]
     if "train" not in owner.values():
         return None
     splits: dict[str, Ranges] = {s: [] for s in SPLITS}
