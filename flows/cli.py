@@ -26,6 +26,9 @@ USER_ERRORS = (TrainingError, IngestError, FileNotFoundError)
 
 
 def main() -> None:
+    from training.mlflow_setup import set_mlflow_env_defaults
+
+    set_mlflow_env_defaults()  # now, before anything imports mlflow: it reads them at import
     try:
         code = app(standalone_mode=False)
         if isinstance(code, int) and code:  # typer.Exit(n) comes back as a return value here

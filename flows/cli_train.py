@@ -128,7 +128,13 @@ def sample(
     from training.sample import check_sampling, generate, load_sampler
 
     check_sampling(length, temperature, top_k)
-    model, vocab = load_sampler(checkpoint, model_uri, device)
+    if (checkpoint is None) == (model_uri is None):
+        raise TrainingError("give exactly one of a checkpoint path or an MLflow model URI")
+    if model_uri is not None:
+        from training.pyfunc import download_checkpoint  # MLflow loads only when asked for
+
+        checkpoint = download_checkpoint(model_uri)
+    model, vocab = load_sampler(checkpoint, device)
     chars = generate(
         model, vocab, length=length, prime=prime, temperature=temperature, top_k=top_k, seed=seed
     )

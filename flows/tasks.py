@@ -316,16 +316,14 @@ def train_model(corpus: str, corpus_dir: str, cfg: TrainConfig, run_tags: dict[s
 
 
 def mlflow_client():
-    from mlflow import MlflowClient
+    from training.mlflow_setup import mlflow_client as charflow_client
 
-    from training.tracking import configure_mlflow
-
-    return MlflowClient(configure_mlflow())
+    return charflow_client()
 
 
 def run_link(client, run_id: str) -> str:
     """The MLflow UI page of a run (the form RunTracker.run_url gives)."""
-    from training.tracking import ui_run_url
+    from training.mlflow_setup import ui_run_url
 
     return ui_run_url(client.get_run(run_id).info.experiment_id, run_id, client.tracking_uri)
 

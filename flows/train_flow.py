@@ -42,7 +42,7 @@ def train_flow(
     force: train even when the corpus is unchanged since the champion was trained.
     data_dir: where corpora live (default: $CHARFLOW_HOME/data).
     """
-    from training.tracking import get_champion, versions_trained_on
+    from training.registry import get_champion, versions_trained_on
 
     logger = get_run_logger()
     corpus_dir = data_root(data_dir) / corpus

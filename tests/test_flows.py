@@ -16,7 +16,7 @@ import yaml
 
 from flows.services import REPO, Service, ServiceError, running, start, stop
 from flows.tasks import RawItem, Skipped, artifact_key, raw_fingerprint, retrain_decision
-from training.tracking import Champion
+from training.registry import Champion
 
 PG_INDEX = "paulgraham/articles.html"
 TINY = {"max_steps": 2, "eval_every": 2, "sample_chars": 40}
@@ -218,7 +218,7 @@ def test_source_down_fails_the_flow_and_keeps_the_corpus(flow_home):
 def test_retrain_trains_on_change_and_moves_champion_only_on_improvement(flow_home, mirror):
     from flows.ingest_flow import ingest_flow
     from flows.train_flow import train_flow
-    from training.tracking import get_champion
+    from training.registry import get_champion
 
     source = mirror.url(PG_INDEX)
 

@@ -17,8 +17,9 @@ import requests
 import torch
 from mlflow import MlflowClient
 
-from training import tracking
+from training import mlflow_setup, pyfunc, registry
 from training.errors import TrainingError
+from training.registry import register_model
 from training.tracking import RunTracker
 
 DIGEST = "3f" * 32  # a sha256 hex digest
@@ -43,34 +44,34 @@ def make_checkpoint(path: Path, seed: int) -> Path:
 
 
 def client() -> MlflowClient:
-    return MlflowClient(tracking.configure_mlflow())
+    return MlflowClient(mlflow_setup.configure_mlflow())
 
 
 def test_default_uri_honours_charflow_home_and_env(tmp_path, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     monkeypatch.setenv("CHARFLOW_HOME", str(tmp_path / "home"))
-    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path}/home/mlruns/mlflow.db"
+    assert mlflow_setup.default_tracking_uri() == f"sqlite:///{tmp_path}/home/mlruns/mlflow.db"
 
     monkeypatch.delenv("CHARFLOW_HOME")
     monkeypatch.chdir(tmp_path)
-    assert tracking.default_tracking_uri() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
-    assert tracking.configure_mlflow() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert mlflow_setup.default_tracking_uri() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
+    assert mlflow_setup.configure_mlflow() == f"sqlite:///{tmp_path}/mlruns/mlflow.db"
     assert (tmp_path / "mlruns").is_dir()
     # MLflow exports the URIs it is given; a later CHARFLOW_HOME must still win.
     assert "MLFLOW_TRACKING_URI" not in os.environ and "MLFLOW_REGISTRY_URI" not in os.environ
     monkeypatch.setenv("CHARFLOW_HOME", str(tmp_path / "other"))
-    assert tracking.configure_mlflow() == f"sqlite:///{tmp_path}/other/mlruns/mlflow.db"
+    assert mlflow_setup.configure_mlflow() == f"sqlite:///{tmp_path}/other/mlruns/mlflow.db"
     assert MlflowClient().tracking_uri == f"sqlite:///{tmp_path}/other/mlruns/mlflow.db"
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5999")
-    assert tracking.default_tracking_uri() == "http://127.0.0.1:5999"
+    assert mlflow_setup.default_tracking_uri() == "http://127.0.0.1:5999"
 
     monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
-    assert tracking.ui_run_url("3", "abc") == "http://127.0.0.1:5999/#/experiments/3/runs/abc"
+    assert mlflow_setup.ui_run_url("3", "abc") == "http://127.0.0.1:5999/#/experiments/3/runs/abc"
     local = f"sqlite:///{tmp_path}/mlflow.db"
-    assert tracking.ui_run_url("3", "abc", local).startswith("http://127.0.0.1:5000/#/")
+    assert mlflow_setup.ui_run_url("3", "abc", local).startswith("http://127.0.0.1:5000/#/")
     monkeypatch.setenv("MLFLOW_UI_URL", "http://ui.example:8080/")
-    assert tracking.ui_run_url("3", "abc") == "http://ui.example:8080/#/experiments/3/runs/abc"
+    assert mlflow_setup.ui_run_url("3", "abc") == "http://ui.example:8080/#/experiments/3/runs/abc"
 
 
 def test_run_logs_params_metrics_samples_dataset_and_curve(store, tmp_path):
@@ -144,13 +145,13 @@ def test_failure_inside_the_run_marks_it_failed(store):
 
 
 def test_champion_moves_only_on_strict_improvement(store, tmp_path):
-    assert tracking.get_champion("champs") is None
+    assert registry.get_champion("champs") is None
     results = []
     for i, val_loss in enumerate([2.0, 2.5, 1.5], start=1):
         ckpt = make_checkpoint(tmp_path / f"best{i}.pt", seed=i)
         with RunTracker("champs", run_name=f"r{i}") as run:
             results.append(
-                (run.run_id, run.log_model(ckpt, val_loss=val_loss, corpus_digest=DIGEST))
+                (run.run_id, register_model(run, ckpt, val_loss=val_loss, corpus_digest=DIGEST))
             )
 
     (r1, m1), (r2, m2), (r3, m3) = results
@@ -168,43 +169,43 @@ def test_champion_moves_only_on_strict_improvement(store, tmp_path):
     assert v2.tags == {"val_loss": "2.5", "corpus_digest": DIGEST}
     assert v2.run_id == r2
 
-    champ = tracking.get_champion("champs")
-    assert champ == tracking.Champion(version="3", run_id=r3, val_loss=1.5, corpus_digest=DIGEST)
+    champ = registry.get_champion("champs")
+    assert champ == registry.Champion(version="3", run_id=r3, val_loss=1.5, corpus_digest=DIGEST)
 
     # An equal loss is no improvement.
     with RunTracker("champs") as run:
-        tie = run.log_model(tmp_path / "best3.pt", val_loss=1.5, corpus_digest=DIGEST)
-    assert not tie.is_champion and tracking.get_champion("champs").version == "3"
+        tie = register_model(run, tmp_path / "best3.pt", val_loss=1.5, corpus_digest=DIGEST)
+    assert not tie.is_champion and registry.get_champion("champs").version == "3"
 
 
 def test_a_non_finite_val_loss_is_never_champion(store, tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.pt", seed=5)
     with RunTracker("diverged") as run:
-        nan = run.log_model(ckpt, val_loss=float("nan"), corpus_digest=DIGEST)
+        nan = register_model(run, ckpt, val_loss=float("nan"), corpus_digest=DIGEST)
     assert (nan.version, nan.is_champion) == ("1", False)
     assert nan.reason == "val_loss nan is not finite"
-    assert tracking.get_champion("diverged") is None  # registered, but no alias yet
+    assert registry.get_champion("diverged") is None  # registered, but no alias yet
     with RunTracker("diverged") as run:
-        assert run.log_model(ckpt, val_loss=3.0, corpus_digest=DIGEST).is_champion
-    assert tracking.get_champion("diverged").version == "2"
+        assert register_model(run, ckpt, val_loss=3.0, corpus_digest=DIGEST).is_champion
+    assert registry.get_champion("diverged").version == "2"
 
 
 def test_download_checkpoint_round_trip(store, tmp_path):
     ckpt = make_checkpoint(tmp_path / "best.pt", seed=7)
     with RunTracker("roundtrip") as run:
-        run.log_model(ckpt, val_loss=1.9, corpus_digest=DIGEST)
+        register_model(run, ckpt, val_loss=1.9, corpus_digest=DIGEST)
     want = torch.load(ckpt, weights_only=True)
     for uri in (
         "models:/charflow-roundtrip@champion",
         "models:/charflow-roundtrip/1",
         f"runs:/{run.run_id}/model",
     ):
-        path = tracking.download_checkpoint(uri, tmp_path / "dl" / str(abs(hash(uri))))
+        path = pyfunc.download_checkpoint(uri, tmp_path / "dl" / str(abs(hash(uri))))
         got = torch.load(path, weights_only=True)
         assert torch.equal(got["model"]["w"], want["model"]["w"]) and got["vocab"] == ["a", "b"]
 
     with pytest.raises(TrainingError, match="cannot load MLflow model models:/charflow-nope/1"):
-        tracking.download_checkpoint("models:/charflow-nope/1", tmp_path / "nope")
+        pyfunc.download_checkpoint("models:/charflow-nope/1", tmp_path / "nope")
 
 
 def test_pyfunc_model_samples_like_the_checkpoint(store, tmp_path):
@@ -221,7 +222,7 @@ def test_pyfunc_model_samples_like_the_checkpoint(store, tmp_path):
     ckpt = tmp_path / "best.pt"
     save_checkpoint(ckpt, {"model": model.state_dict(), "config": cfg.to_params(), "vocab": vocab})
     with RunTracker("pyfunc") as run:
-        run.log_model(ckpt, val_loss=2.0, corpus_digest=DIGEST)
+        register_model(run, ckpt, val_loss=2.0, corpus_digest=DIGEST)
 
     loaded = mlflow.pyfunc.load_model("models:/charflow-pyfunc@champion")
     params = {"length": 40, "temperature": 0.9, "top_k": 5, "seed": 11}
@@ -231,6 +232,16 @@ def test_pyfunc_model_samples_like_the_checkpoint(store, tmp_path):
     assert texts[1].startswith("三国") and len(texts[1]) == 2 + 40
     assert loaded.predict("ab", params=params) == texts[:1]
     assert len(loaded.predict(["a"])[0]) == 1 + 200  # the signature's default length
+
+
+def test_models_logged_before_the_pyfunc_module_split_still_load():
+    """A pyfunc model pickles its class by name; older models name training.tracking."""
+    import pickle
+
+    old = pickle.loads(b"ctraining.tracking\nCharflowModel\n.")
+    assert old is pyfunc.CharflowModel
+    with pytest.raises(AttributeError, match="'log_model'"):
+        pickle.loads(b"ctraining.tracking\nlog_model\n.")
 
 
 def test_resume_continues_the_same_run(store):
@@ -321,7 +332,7 @@ def test_remote_tracking_server_works_unchanged(mlflow_server, tmp_path, monkeyp
         run.log_params({"model": "gru"})
         run.log_metrics({"train_loss": 2.5, "val_loss": 2.6}, 5)
         run.log_sample(5, "over the wire")
-        result = run.log_model(ckpt, val_loss=2.6, corpus_digest=DIGEST)
+        result = register_model(run, ckpt, val_loss=2.6, corpus_digest=DIGEST)
     assert run.run_url().startswith(f"{url}/#/experiments/")
     assert result.is_champion
 
@@ -334,8 +345,8 @@ def test_remote_tracking_server_works_unchanged(mlflow_server, tmp_path, monkeyp
     assert got.info.artifact_uri.startswith("mlflow-artifacts:")
     assert [f.path for f in c.list_artifacts(run.run_id, "samples")] == ["samples/step_000005.txt"]
     assert list(artifacts_dir.rglob("step_000005.txt"))
-    assert tracking.get_champion("remote").version == result.version
+    assert registry.get_champion("remote").version == result.version
 
-    path = tracking.download_checkpoint("models:/charflow-remote@champion", tmp_path / "dl")
+    path = pyfunc.download_checkpoint("models:/charflow-remote@champion", tmp_path / "dl")
     want = torch.load(ckpt, weights_only=True)["model"]["w"]
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], want)

@@ -74,18 +74,9 @@ def _pick(logits: torch.Tensor, temperature: float, top_k: int | None, gen) -> i
     return int(torch.multinomial(torch.softmax(logits, dim=-1), 1, generator=gen))
 
 
-def load_sampler(
-    checkpoint: str | Path | None = None,
-    model_uri: str | None = None,
-    device: str = "auto",
-) -> tuple[CharModel, list[str]]:
-    """The model and vocabulary of a checkpoint file or an MLflow model URI."""
-    if (checkpoint is None) == (model_uri is None):
-        raise TrainingError("give exactly one of a checkpoint path or an MLflow model URI")
-    if model_uri is not None:
-        from training.tracking import download_checkpoint  # MLflow loads only when asked for
-
-        checkpoint = download_checkpoint(model_uri)
+def load_sampler(checkpoint: str | Path, device: str = "auto") -> tuple[CharModel, list[str]]:
+    """The model and vocabulary of a checkpoint file (for an MLflow model, fetch its
+    checkpoint first with training.pyfunc.download_checkpoint)."""
     target = resolve_device(device)
     ckpt = load_checkpoint(checkpoint, map_location="cpu")  # GPU checkpoints sample anywhere
     return model_from_checkpoint(ckpt, target), list(ckpt["vocab"])
