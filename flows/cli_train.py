@@ -49,10 +49,11 @@ def train(
     """Train a character-level model; checkpoints best.pt and last.pt go to OUT."""
     from flows.corpus_settings import corpus_defaults
     from training import distributed
+    from training.checkpoint import resume_config
     from training.config import TrainConfig, build_config, parse_assignments
     from training.data import corpus_name
-    from training.loop import default_out_dir, resume_config
-    from training.loop import train as run_training
+    from training.train import default_out_dir
+    from training.train import train as run_training
     from training.units import bits
 
     name = corpus or corpus_name(source)
