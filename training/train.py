@@ -55,6 +55,7 @@ def train(
     out_dir: Path | None = None,
     resume: bool = False,
     track: bool = True,
+    run_name: str | None = None,
     run_tags: dict | None = None,
     progress: bool | None = None,
 ) -> TrainResult:
@@ -94,7 +95,7 @@ def train(
             from training.tracking import RunTracker  # MLflow loads only when tracking
 
             tracker = stack.enter_context(
-                RunTracker(corpus, tags=run_tags, run_id=run.state.run_id)
+                RunTracker(corpus, run_name, tags=run_tags, run_id=run.state.run_id)
             )
             run.state.run_id = tracker.run_id
             _log_run_inputs(tracker, run)
