@@ -153,7 +153,7 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
                 s.elapsed_seconds = distributed.from_main(run.ranks, s.elapsed_seconds, run.device)
             report.step()
             if evaluation_due(cfg, s) and evaluate_now():
-                stopped = "early_stopping"
+                stopped = "early_stopping"  # patience ran out, or a reporter (a pruner) asked
                 break
     except KeyboardInterrupt:
         stopped = "interrupted"
@@ -167,7 +167,7 @@ def evaluate_and_save(
     run: Run, report: Reporter, train_loss: float, grad_norm: float, chars_per_sec: float
 ) -> bool:
     """Every rank: gather the carried state; rank 0 evaluates, checkpoints and reports; all
-    learn whether patience ran out."""
+    learn whether to stop (patience ran out, or a reporter asked)."""
     carried = state_tensors(run.carried)
     if carried is not None:
         carried = [distributed.gather_rows(run.ranks, t) for t in carried]
@@ -206,5 +206,5 @@ def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_
         sample = "".join(
             generate(run.model, run.data.vocab, length=cfg.sample_chars, seed=cfg.seed)
         )
-    report.evaluation(row, sample, improved)
-    return bool(cfg.patience) and s.bad_evals >= cfg.patience
+    asked_to_stop = bool(report.evaluation(row, sample, improved))
+    return asked_to_stop or (bool(cfg.patience) and s.bad_evals >= cfg.patience)

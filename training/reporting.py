@@ -23,8 +23,9 @@ class Reporter:
     def step(self) -> None:
         """One training step is done."""
 
-    def evaluation(self, row: dict, sample: str, improved: bool) -> None:
-        """An evaluation: `row` as in the run's history, a sample of the model's text."""
+    def evaluation(self, row: dict, sample: str, improved: bool) -> bool | None:
+        """An evaluation: `row` as in the run's history, a sample of the model's text.
+        Returning True asks the loop to stop (e.g. a search pruning an unpromising trial)."""
 
 
 class Reporters(Reporter):
@@ -39,9 +40,9 @@ class Reporters(Reporter):
         for r in self.reporters:
             r.step()
 
-    def evaluation(self, row: dict, sample: str, improved: bool) -> None:
-        for r in self.reporters:
-            r.evaluation(row, sample, improved)
+    def evaluation(self, row: dict, sample: str, improved: bool) -> bool:
+        stops = [r.evaluation(row, sample, improved) for r in self.reporters]  # all hear it
+        return any(stops)
 
 
 class Console(Reporter):

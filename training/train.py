@@ -58,8 +58,11 @@ def train(
     run_name: str | None = None,
     run_tags: dict | None = None,
     progress: bool | None = None,
+    reporter: Reporter | None = None,
 ) -> TrainResult:
     """Train on `source` (corpus folder or UTF-8 file); checkpoints go to out_dir/{best,last}.pt.
+
+    `reporter` hears every evaluation besides the console and MLflow (a sweep's pruner).
 
     Everything that can be wrong with the input is checked before anything is written.
     """
@@ -89,7 +92,7 @@ def train(
             show_bar = sys.stderr.isatty() if progress is None else progress
             console = Console(show_bar, cfg.max_steps, run.state.step)
             stack.callback(console.close)
-        report: Reporter = console
+        report: Reporter = Reporters(console, reporter) if reporter else console
         tracker = None
         if track:
             from training.tracking import RunTracker  # MLflow loads only when tracking
@@ -99,7 +102,7 @@ def train(
             )
             run.state.run_id = tracker.run_id
             _log_run_inputs(tracker, run)
-            report = Reporters(console, MLflowReporter(tracker))
+            report = Reporters(report, MLflowReporter(tracker))
         for note in notes:
             report.log(note)
         if tracker:
