@@ -202,6 +202,8 @@ def parse_matches(data: bytes, name: str) -> list[Match]:
         # but it must stay a single folder under set/.
         if not video.strip() or video.strip() in (".", "..") or "/" in video or "\\" in video:
             raise ShuttleSetError(f"{name}: video {video!r} in row {row} is not a folder name")
+        if any(m.video == video for m in matches):  # its rallies would be taken twice
+            raise ShuttleSetError(f"{name}: video {video!r} is listed twice (row {row})")
         sets = parse_int(cols["set"].iloc[i], name, "set", row)
         if sets < 1:
             raise ShuttleSetError(f"{name}: set {sets} in row {row} is not a number of sets")

@@ -463,6 +463,12 @@ def test_bad_match_table_fails_naming_it(tmp_path):
     table.write_text(_drop_column("video")(table.read_text("utf-8")), "utf-8")
     with pytest.raises(IngestError, match=re.escape(f"{table}: missing column 'video'")):
         run(tree, tmp_path / "data")
+    tree = small_tree(tmp_path / "twice")
+    table = tree / "set" / "match.csv"
+    lines = table.read_text("utf-8").splitlines(keepends=True)
+    table.write_text("".join(lines + lines[1:2]), "utf-8")
+    with pytest.raises(IngestError, match=r"match\.csv: video '.*' is listed twice \(row 3\)"):
+        run(tree, tmp_path / "data")
     assert not (tmp_path / "data" / "shuttleset" / CORPUS_FILE).exists()
 
 
