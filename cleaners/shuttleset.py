@@ -79,16 +79,10 @@ REASONS_EN = {
 }
 
 MATCH_COLUMNS = ("video", "set", "winner", "loser")
-STROKE_COLUMNS = (
-    "rally",
-    "player",
-    "type",
-    "roundscore_A",
-    "roundscore_B",
-    "getpoint_player",
-    "lose_reason",
-    "win_reason",
-)
+MATCH_DETAILS = ("tournament", "round", "year", "month", "day")  # kept when present
+STROKE_COLUMNS = ("rally", "player", "type", "roundscore_A", "roundscore_B")
+# Who won the rally and why: metadata, so a release without them still gives symbols.
+RALLY_DETAILS = ("getpoint_player", "lose_reason", "win_reason")
 AREA_COLUMN = "landing_area"
 
 
@@ -173,10 +167,6 @@ def parse_int(value: str, name: str, column: str, row: int) -> int:
     return int(number)
 
 
-def _optional(value: str) -> str | None:
-    return value.strip() or None
-
-
 def canonical_shot(value: str) -> str | None:
     """The table's name for a shot type as written in the data; None if not a shot type."""
     shot = value.strip()
@@ -190,24 +180,25 @@ def canonical_shot(value: str) -> str | None:
 def parse_matches(data: bytes, name: str) -> list[Match]:
     """The rows of match.csv, in file order."""
     frame = read_table(data, name)
-    cols = _columns(frame, MATCH_COLUMNS, name)
-    lower = {c.casefold(): c for c in frame.columns}
-    extra = {k: frame[lower[k]] if k in lower else None for k in ("tournament", "round")}
-    date_cols = [frame[lower[k]] if k in lower else None for k in ("year", "month", "day")]
-    matches = []
+    cols = {k: v.tolist() for k, v in _columns(frame, MATCH_COLUMNS, name).items()}
+    optional = {
+        k: _optional_column(frame, k) for k in ("tournament", "round", "year", "month", "day")
+    }
+    matches, seen = [], set()
     for i in range(len(frame)):
         row = i + 1
-        video = cols["video"].iloc[i]
+        video = cols["video"][i]
         # The folder name is taken verbatim (ShuttleSet has one with a space before "_"),
         # but it must stay a single folder under set/.
         if not video.strip() or video.strip() in (".", "..") or "/" in video or "\\" in video:
             raise ShuttleSetError(f"{name}: video {video!r} in row {row} is not a folder name")
-        if any(m.video == video for m in matches):  # its rallies would be taken twice
+        if video in seen:  # its rallies would be taken twice
             raise ShuttleSetError(f"{name}: video {video!r} is listed twice (row {row})")
-        sets = parse_int(cols["set"].iloc[i], name, "set", row)
+        seen.add(video)
+        sets = parse_int(cols["set"][i], name, "set", row)
         if sets < 1:
             raise ShuttleSetError(f"{name}: set {sets} in row {row} is not a number of sets")
-        winner, loser = cols["winner"].iloc[i].strip(), cols["loser"].iloc[i].strip()
+        winner, loser = cols["winner"][i].strip(), cols["loser"][i].strip()
         if not winner or not loser:
             raise ShuttleSetError(f"{name}: row {row} ({video}) lacks the winner or the loser")
         matches.append(
@@ -216,21 +207,26 @@ def parse_matches(data: bytes, name: str) -> list[Match]:
                 sets=sets,
                 winner=winner,
                 loser=loser,
-                tournament=_optional(extra["tournament"].iloc[i])
-                if extra["tournament"] is not None
-                else None,
-                round=_optional(extra["round"].iloc[i]) if extra["round"] is not None else None,
-                date=_date([c.iloc[i] if c is not None else "" for c in date_cols]),
+                tournament=optional["tournament"][i].strip() or None,
+                round=optional["round"][i].strip() or None,
+                date=_date([optional[k][i] for k in ("year", "month", "day")]),
             )
         )
     return matches
+
+
+def _optional_column(frame: pd.DataFrame, column: str) -> list[str]:
+    """A column's cells, or empty cells when the file lacks it (metadata, not symbols)."""
+    by_name = {c.casefold(): c for c in frame.columns}
+    actual = by_name.get(column.casefold())
+    return frame[actual].tolist() if actual is not None else [""] * len(frame)
 
 
 def _date(parts: list[str]) -> str | None:
     """'2019', '11.0', '10' -> '2019-11-10'; None unless all three are plain numbers."""
     try:
         year, month, day = (int(float(p)) for p in parts)
-    except ValueError:
+    except (ValueError, OverflowError):
         return None
     if not (1 <= month <= 12 and 1 <= day <= 31):
         return None
@@ -265,6 +261,7 @@ def parse_set(data: bytes, name: str, *, areas: bool = False) -> list[Rally]:
     frame = read_table(data, name)
     wanted = STROKE_COLUMNS + ((AREA_COLUMN,) if areas else ())
     cols = {k: v.tolist() for k, v in _columns(frame, wanted, name).items()}
+    cols |= {k: _optional_column(frame, k) for k in RALLY_DETAILS}
     by_rally: dict[int, list[int]] = {}
     strokes: list[Stroke] = []
     for i in range(len(frame)):

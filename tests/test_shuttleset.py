@@ -517,6 +517,23 @@ def test_symbols_of_a_rally_with_and_without_options():
     assert player_key(" Viktor_AXELSEN ") == player_key("viktor axelsen")
 
 
+def test_a_release_without_the_rally_outcome_columns_still_gives_symbols():
+    data = (
+        "Type,Player,Rally,roundscore_A,roundscore_B\n"
+        "發短球,A,1,1,0\n推球,B,1,1,0\n"
+        "發長球,A,2,1,1\n"
+        "殺球,B,4,2,2\n"  # rally 3 is missing: who won 4 cannot be read from the score
+    ).encode()
+    rallies = parse_set(data, "x.csv")
+    assert [rally_text(r) for r in rallies] == ["TU.", "G.", "S."]
+    assert [(r.winner, r.winner_from) for r in rallies] == [
+        ("A", "score"),
+        ("B", "score"),
+        (None, None),
+    ]
+    assert rallies[0].lose_reason is None
+
+
 def test_set_file_urls_from_match_table_and_folder_sources():
     table = "http://h/data/set/match.csv"
     assert set_file_url(table, "A B_C", 2) == "http://h/data/set/A%20B_C/set2.csv"
