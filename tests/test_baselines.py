@@ -13,6 +13,7 @@ from training.baselines import (
     DISCOUNT_GRID,
     NGramCounts,
     ScoreSum,
+    alphabet_ids,
     fit_baselines,
     scores_from_logits,
     scores_from_probs,
@@ -82,6 +83,14 @@ def test_symbols_drop_the_separator_characters():
     symbols = [3, 4, 2]
     assert to_symbols(ids, symbols).tolist() == [0, 1, 2, 1, 0, 2]
     assert symbol_mask(ids, symbols).tolist() == [1, 1, 1, 0, 0, 0, 1, 1, 1]
+
+
+def test_alphabet_ids_from_a_manifest():
+    vocab = ["\n", "\x1e", ".", "A", "B"]
+    alphabet = {"A": {}, "B": {}, "C": {}, ".": {}}  # C declared, never used
+    assert alphabet_ids(vocab, alphabet, ".") == ([3, 4, 2], 2)
+    with pytest.raises(ValueError, match="end symbol '!'"):
+        alphabet_ids(vocab, alphabet, "!")
 
 
 # -- n-gram models on sources with known probabilities --------------------------------------

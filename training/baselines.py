@@ -126,6 +126,16 @@ def symbol_mask(ids, symbols: Sequence[int]) -> np.ndarray:
     return np.isin(np.asarray(ids), np.asarray(symbols))
 
 
+def alphabet_ids(vocab: Sequence[str], alphabet, end_symbol: str) -> tuple[list[int], int]:
+    """(ids of the declared symbols, id of the end symbol) in a trainer's vocabulary, from a
+    manifest's `alphabet` and `end_symbol`. Declared symbols the corpus never uses are not
+    in the vocabulary and are left out; a missing end symbol is an error."""
+    index = {ch: i for i, ch in enumerate(vocab)}
+    if end_symbol not in index:
+        raise ValueError(f"the end symbol {end_symbol!r} is not in the vocabulary")
+    return [index[s] for s in alphabet if s in index], index[end_symbol]
+
+
 def to_symbols(ids, symbols: Sequence[int]) -> np.ndarray:
     """The ids that are symbols, in order, as indices into `symbols` (0..V-1)."""
     ids = np.asarray(ids, dtype=np.int64)
