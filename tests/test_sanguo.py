@@ -71,9 +71,13 @@ def test_120_chapters_each_once_in_order_with_their_titles(sanguo):
 def test_the_repeated_chapter_is_kept_once(sanguo):
     corpus = sanguo["corpus"]
     assert corpus.count("第三十五回　玄德南漳逢隐沧") == 1
-    (dup,) = sanguo["manifest"]["skipped"]
+    dup, notice = sanguo["manifest"]["skipped"]  # in the order of the file
     assert "第三十五回" in dup["source"]
     assert dup["reason"] == "chapter 35 appears again (identical text); kept once"
+    # the distributor's trailer is recorded too, not dropped silently
+    assert notice["reason"] == (
+        "download-site notice after the last chapter: 1 lines, 22 chars dropped"
+    )
 
 
 def test_paragraphs_are_joined_and_verse_kept_as_lines(sanguo):
@@ -201,9 +205,17 @@ def test_unwrapped_text_keeps_its_paragraphs():
     )
     lines = paragraphs(text)
     assert len(lines) == 31 and lines[1] == "第0段，长短不一。"
-    novel = split_novel("前言\n" + text)
+    novel = split_novel("前言\n写在前面的话。\n" + text)
     assert [c.number for c in novel.chapters] == [1]
-    assert novel.dropped == [("text before the first chapter", "2 chars dropped")]
+    assert novel.dropped == [("前言", "preface: 7 chars dropped")]
+    novel = split_novel("某书\n" + text)
+    assert novel.title == "某书"
+    assert novel.dropped == [
+        (
+            "front matter, lines 1-1",
+            "title page and untitled text before the first heading: 2 chars dropped",
+        )
+    ]
 
 
 @pytest.mark.parametrize(
