@@ -36,7 +36,8 @@ def main() -> None:
     except USER_ERRORS as err:
         print(f"charflow: error: {err}", file=sys.stderr)
         sys.exit(1)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: the usual shell status, no traceback
+        print("charflow: interrupted", file=sys.stderr)
         sys.exit(130)
     except Exception as err:  # click's usage errors carry their own exit code
         import click

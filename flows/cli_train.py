@@ -33,8 +33,13 @@ def train(
     seed: int | None = typer.Option(None),
     device: str | None = typer.Option(None, help="auto, cpu, cuda, cuda:N or mps"),
     resume: bool = typer.Option(False, "--resume", help="continue from OUT/last.pt"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="start afresh in an OUT that already holds a run"
+    ),
     track: bool = typer.Option(True, "--track/--no-track", help="log to MLflow"),
-    out: Path | None = typer.Option(None, help="checkpoint folder (default checkpoints/CORPUS)"),
+    out: Path | None = typer.Option(
+        None, help="checkpoint folder (default: a new checkpoints/CORPUS/<time>-<id>)"
+    ),
     progress: bool | None = typer.Option(None, "--progress/--no-progress"),
     nproc: int = typer.Option(
         1, min=1, help="processes (DDP; one per GPU); --batch-size is per process"
@@ -52,12 +57,13 @@ def train(
     from training.checkpoint import resume_config
     from training.config import TrainConfig, build_config, parse_assignments
     from training.data import corpus_name
-    from training.train import default_out_dir
+    from training.run_dir import latest_run_dir, new_run_dir
     from training.train import train as run_training
     from training.units import bits
 
     name = corpus or corpus_name(source)
-    out_dir = out or default_out_dir(name)
+    # a folder of its own per run; --resume continues the corpus's latest
+    out_dir = out or (latest_run_dir(name) if resume else new_run_dir(name))
     overrides = dict(
         model=model,
         num_layers=layers,
@@ -93,7 +99,14 @@ def train(
     else:
         # replace(), not build_config's overrides, so `--set max_seconds=none` stays None
         cfg = build_config(preset or "cpu-small", corpus_defaults(name)).replace(**overrides)
-    args = dict(corpus=name, out_dir=out_dir, resume=resume, track=track, progress=progress)
+    args = dict(
+        corpus=name,
+        out_dir=out_dir,
+        resume=resume,
+        overwrite=overwrite,
+        track=track,
+        progress=progress,
+    )
     if nproc > 1:
         result = distributed.launch(nproc, run_training, cfg, source, **args)
     else:

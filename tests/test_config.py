@@ -75,7 +75,8 @@ def test_set_reaches_every_field(trainer_home, shk, charflow):
                               *set_args(raw))  # fmt: skip
     assert code == 0, err
     assert "6 steps (max_steps)" in out
-    saved = load_checkpoint(trainer_home / "checkpoints" / "shk" / "last.pt")["config"]
+    [last] = (trainer_home / "checkpoints" / "shk").glob("*/last.pt")
+    saved = load_checkpoint(last)["config"]
     assert saved == {key: value for key, (_, value) in EVERY_FIELD.items()}
 
 
@@ -83,7 +84,7 @@ def test_set_with_resume(trainer_home, shk, charflow):
     base = ("--preset", "tiny", "--no-track", "--no-progress", "--set", "device=cpu")
     code, _, err = charflow("train", shk, *base, "--set", "max_steps=4", "--set", "eval_every=2")
     assert code == 0, err
-    last = trainer_home / "checkpoints" / "shk" / "last.pt"
+    [last] = (trainer_home / "checkpoints" / "shk").glob("*/last.pt")
     resume = ("--resume", "--no-track", "--no-progress")
     code, out, err = charflow("train", shk, *resume, "--set", "max_steps=6", "--set", "patience=9")
     assert code == 0, err

@@ -25,9 +25,8 @@ def assert_one_line_error(code: int, err: str, *fragments: str) -> None:
 def run_dir(trainer_home, write_text, shakespeare_text) -> tuple[Path, Path]:
     """A finished small run: (its text file, its checkpoint folder with best.pt and last.pt)."""
     text = write_text("shk.txt", shakespeare_text[:10_000])
-    out = trainer_home / "checkpoints" / "shk"
-    train(build_config("tiny", max_steps=10, eval_every=10, device="cpu"), text, track=False)
-    return text, out
+    cfg = build_config("tiny", max_steps=10, eval_every=10, device="cpu")
+    return text, train(cfg, text, track=False).last_checkpoint.parent
 
 
 def snapshot(folder: Path) -> dict[str, bytes]:

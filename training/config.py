@@ -106,6 +106,12 @@ class TrainConfig:
             "max_chars": self.max_chars is None or self.max_chars >= 1,
             "lr_decay_steps": self.lr_decay_steps is None or self.lr_decay_steps >= 1,
         }
+        # inf and nan pass a comparison or two above (nan fails them all, inf passes "> 0")
+        # but no run can use them.
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                checks[f.name] = False
         for name, ok in checks.items():
             if not ok:
                 raise TrainingError(f"{name} = {getattr(self, name)} is out of range")

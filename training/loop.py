@@ -114,9 +114,9 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
     clock = TrainClock(s.elapsed_seconds)
     evaluated_at = s.step if s.history else -1  # a checkpoint is always right after an eval
 
-    def evaluate_now() -> bool:
+    def evaluate_now() -> str | None:
         nonlocal n_losses, evaluated_at
-        mean = distributed.mean(run.ranks, loss_sum).item() / n_losses if n_losses else math.nan
+        mean = distributed.mean(run.ranks, loss_sum).item() / n_losses
         stop = evaluate_and_save(run, report, mean, float(grad_norm), clock.lap())
         loss_sum.zero_()
         n_losses, evaluated_at = 0, s.step
@@ -152,35 +152,43 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
             if cfg.max_seconds:  # ranks must agree on the schedule and when to stop
                 s.elapsed_seconds = distributed.from_main(run.ranks, s.elapsed_seconds, run.device)
             report.step()
-            if evaluation_due(cfg, s) and evaluate_now():
-                stopped = "early_stopping"  # patience ran out, or a reporter (a pruner) asked
-                break
+            if evaluation_due(cfg, s) and (stop := evaluate_now()):
+                return stop, clock.overall
     except KeyboardInterrupt:
         stopped = "interrupted"
         report.log("interrupted: saving a checkpoint to resume from")
-    if evaluated_at != s.step:  # the steps since the last evaluation
-        evaluate_now()
+    if evaluated_at != s.step and n_losses:  # the steps since the last evaluation
+        stopped = evaluate_now() or stopped
     return stopped, clock.overall
+
+
+# Why an evaluation stops the run, as the number rank 0 broadcasts to the others.
+STOPS = (None, "early_stopping", "diverged")
 
 
 def evaluate_and_save(
     run: Run, report: Reporter, train_loss: float, grad_norm: float, chars_per_sec: float
-) -> bool:
+) -> str | None:
     """Every rank: gather the carried state; rank 0 evaluates, checkpoints and reports; all
-    learn whether to stop (patience ran out, or a reporter asked)."""
+    learn whether to stop: early_stopping (patience ran out, or a reporter asked), diverged."""
     carried = state_tensors(run.carried)
     if carried is not None:
         carried = [distributed.gather_rows(run.ranks, t) for t in carried]
-    stop = False
+    stop = None
     if run.ranks.is_main:
         stop = _evaluate_and_save(run, report, train_loss, grad_norm, chars_per_sec, carried)
-    return bool(distributed.from_main(run.ranks, float(stop), run.device))
+    return STOPS[int(distributed.from_main(run.ranks, float(STOPS.index(stop)), run.device))]
 
 
 def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_per_sec, carried):
-    """Val loss, checkpoints, a sample, the report; True when patience ran out."""
+    """Val loss, a sample, the report, checkpoints; why to stop, if the run should.
+
+    The report comes before the checkpoint: a run resumed from this checkpoint has every
+    metric up to it. A non-finite loss writes nothing: the last good checkpoint stays."""
     cfg, s = run.cfg, run.state
     val_loss = evaluate(run.model, run.val_ids, run.device, run.autocast)
+    if not (math.isfinite(train_loss) and math.isfinite(val_loss)):
+        return "diverged"
     row = {
         "step": s.step,
         "train_loss": train_loss,
@@ -197,14 +205,16 @@ def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_
         s.best_val_loss, s.best_step, s.bad_evals = val_loss, s.step, 0
     else:
         s.bad_evals += 1
-    payload = checkpoint_payload(run, carried)
-    save_checkpoint(run.last_path, payload)
-    if improved:
-        save_checkpoint(run.best_path, payload)
     sample = ""
     if cfg.sample_chars:  # its own generator: the training RNG stream is left untouched
         sample = "".join(
             generate(run.model, run.data.vocab, length=cfg.sample_chars, seed=cfg.seed)
         )
     asked_to_stop = bool(report.evaluation(row, sample, improved))
-    return asked_to_stop or (bool(cfg.patience) and s.bad_evals >= cfg.patience)
+    payload = checkpoint_payload(run, carried)
+    save_checkpoint(run.last_path, payload)
+    if improved:
+        save_checkpoint(run.best_path, payload)
+    if asked_to_stop or (cfg.patience and s.bad_evals >= cfg.patience):
+        return "early_stopping"
+    return None

@@ -14,7 +14,6 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charflow.paths import checkpoints_dir
 from charflow.version import code_version
 from training import distributed
 from training.checkpoint import load_resumable
@@ -24,6 +23,7 @@ from training.errors import TrainingError
 from training.loop import fit
 from training.reporting import Console, MLflowReporter, Reporter, Reporters
 from training.run import Run, best_test_loss, build_run, check_splits, restore
+from training.run_dir import RunDirLock, latest_run_dir, new_run_dir, prepare_run_dir
 from training.units import bits
 
 
@@ -43,10 +43,6 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)
 
 
-def default_out_dir(corpus: str) -> Path:
-    return checkpoints_dir() / corpus
-
-
 def train(
     cfg: TrainConfig,
     source: str | Path,
@@ -54,6 +50,7 @@ def train(
     corpus: str | None = None,
     out_dir: Path | None = None,
     resume: bool = False,
+    overwrite: bool = False,
     track: bool = True,
     run_name: str | None = None,
     run_tags: dict | None = None,
@@ -63,13 +60,21 @@ def train(
     """Train on `source` (corpus folder or UTF-8 file); checkpoints go to out_dir/{best,last}.pt.
 
     `reporter` hears every evaluation besides the console and MLflow (a sweep's pruner).
+    Without `out_dir` the run gets a folder of its own under checkpoints/<corpus>/ (with
+    `resume`: the corpus's latest). A folder that holds a run is only continued (`resume`)
+    or replaced (`overwrite`). Ctrl-C saves a checkpoint, registers nothing and re-raises
+    KeyboardInterrupt; a diverged run keeps its last good checkpoint and fails.
 
     Everything that can be wrong with the input is checked before anything is written.
     """
     cfg.validate()
     corpus = corpus or corpus_name(source)
-    out_dir = Path(out_dir) if out_dir else default_out_dir(corpus)
     ranks = distributed.ranks_from_env()
+    if out_dir is None and ranks.enabled:  # a folder drawn per process would differ per rank
+        raise TrainingError("under torchrun every rank must write one folder: pass --out")
+    if out_dir is None:
+        out_dir = latest_run_dir(corpus) if resume else new_run_dir(corpus)
+    out_dir = Path(out_dir)
     ckpt = load_resumable(out_dir / "last.pt", cfg, ranks.world_size) if resume else None
     notes: list[str] = []  # shown once the input is known to be good: errors stay one line
     data = prepare_dataset(
@@ -81,8 +86,12 @@ def train(
     if ckpt and ckpt["corpus_digest"] != data.digest:
         raise TrainingError(f"{out_dir / 'last.pt'} was trained on another corpus text")
     check_splits(cfg, data, ranks)  # before the ranks join up: every rank fails alike
+    if ranks.is_main:
+        prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
     track = track and ranks.is_main
     with ExitStack() as stack:
+        if ranks.is_main:  # the only rank that writes the folder
+            stack.enter_context(RunDirLock(out_dir))
         stack.callback(distributed.teardown, ranks)
         run = build_run(cfg, data, corpus, distributed.setup(ranks, cfg.device), out_dir, ranks)
         if ckpt:
@@ -112,6 +121,14 @@ def train(
         stopped, chars_per_sec = fit(run, report)
 
         s = run.state
+        if stopped == "diverged":
+            kept = (
+                f"last good checkpoint: {run.last_path}" if run.last_path.exists() else "none saved"
+            )
+            raise TrainingError(f"training diverged at step {s.step} (non-finite loss); {kept}")
+        if stopped == "interrupted":
+            report.log(f"interrupted at step {s.step}; continue with --resume --out {out_dir}")
+            raise KeyboardInterrupt  # the run ends KILLED; an interrupted model is not registered
         test_loss = best_test_loss(run) if ranks.is_main else math.nan
         report.log(
             f"stopped ({stopped}) at step {s.step}: best val {s.best_val_loss:.4f} nats/char "
