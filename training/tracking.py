@@ -199,7 +199,11 @@ class RunTracker:
         self._last_flush = time.monotonic()
 
     def log_sample(self, step: int, text: str) -> None:
-        self.client.log_text(self.run_id, text, f"samples/step_{step:06d}.txt")
+        self.log_text(text, f"samples/step_{step:06d}.txt")
+
+    def log_text(self, text: str, artifact_path: str) -> None:
+        """A text artifact (sample, HTML page) at `artifact_path` in the run."""
+        self.client.log_text(self.run_id, text, artifact_path)
 
     def log_loss_curve(self, history: list[dict]) -> None:
         """plots/loss_curve.png: train and val loss (nats/char) by step, bits/char on the right."""
