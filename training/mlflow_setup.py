@@ -7,13 +7,21 @@ server instead (then the server decides where artifacts go). One experiment per 
 
 Importing this module does not import mlflow, so the CLI can set the environment MLflow
 reads at its own import (see `set_mlflow_env_defaults`) before anything imports it.
+
+A SQLite store is created or upgraded once, under a file lock beside the database
+(`ensure_store`), so trainings that start together never race on its schema; a server is
+probed once, briefly, before a run starts (`check_tracking_store`).
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import re
+import shutil
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -52,6 +60,16 @@ ENV_DEFAULTS = {
 }
 # MLflow's first use of a SQLite file runs migrations and says so at INFO level.
 QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
+# MLflow's own HTTP retries (7, with backoff: minutes) would hold a training hostage to a dead
+# server. charflow retries in the background itself (training/tracking.py), so each request
+# gives up after a few tries; a value the user has set wins.
+HTTP_ENV_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+}
+# The one check of a tracking server before a run starts: at most about this long.
+PROBE_SECONDS = 5.0
 
 
 def set_mlflow_env_defaults() -> None:
@@ -82,6 +100,142 @@ def is_http(uri: str) -> bool:
     return uri.startswith(("http://", "https://"))
 
 
+# -- the store: created once under a lock, a server checked once ------------------------
+
+
+@contextmanager
+def store_lock(uri: str, purpose: str = "") -> Iterator[None]:
+    """Hold an inter-process lock on a SQLite store for the block: `fcntl.flock` on
+    `<db>.lock` (`<db>.<purpose>.lock`) beside the database, made if missing; released when
+    the block ends or the process dies. Other stores need none (a server serialises its
+    own writes) and get a no-op."""
+    db = sqlite_path(uri)
+    if db is None:
+        with nullcontext():
+            yield
+        return
+    name = f"{db.name}.{purpose}.lock" if purpose else f"{db.name}.lock"
+    db.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(db.with_name(name), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+_READY_STORES: dict[Path, tuple[int, int]] = {}  # database -> (device, inode) once checked
+
+
+def _file_id(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
+
+
+def ensure_store(uri: str) -> None:
+    """Create or upgrade a SQLite store's schema once, under `store_lock`, before any run uses
+    it: MLflow creates tables on first open without a lock, and processes that open a new
+    store together die in its migrations. Checked once per process and database file; other
+    stores are left to their server."""
+    db = sqlite_path(uri)
+    if db is None:
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    known = _file_id(db)
+    if known is not None and _READY_STORES.get(db) == known:
+        return
+    with store_lock(uri):
+        _create_or_upgrade(uri, db)
+    _READY_STORES[db] = _file_id(db)
+
+
+def _create_or_upgrade(uri: str, db: Path) -> None:
+    """Under the store lock: a new database gets MLflow's tables, an old one is upgraded
+    (after a copy to `<db>.before-<revision>`), a current one is left alone."""
+    set_mlflow_env_defaults()  # quiet migrations
+    from mlflow.store.db import utils as db_utils
+
+    engine = db_utils.create_sqlalchemy_engine_with_retry(uri)
+    try:
+        current = db_utils._get_schema_version(engine)
+        head = db_utils._get_latest_schema_revision()
+        complete = db_utils._all_tables_exist(engine)
+        if current == head and complete:
+            return
+        if current is None:  # a new store
+            db_utils._initialize_tables(engine)
+            return
+        if not _known_revision(current):
+            raise TrainingError(
+                f"MLflow store {db} has schema revision {current}, newer than this MLflow "
+                f"knows ({head}); upgrade mlflow or use another store"
+            )
+        shutil.copy2(db, db.with_name(f"{db.name}.before-{head}"))
+        if complete:
+            db_utils._upgrade_db(engine)
+        else:  # tables added since this store was made: MLflow's own path creates them
+            db_utils._initialize_tables(engine)
+    finally:
+        engine.dispose()
+
+
+def _known_revision(revision: str) -> bool:
+    from alembic.script import ScriptDirectory
+    from mlflow.store.db.utils import _get_alembic_config
+
+    scripts = ScriptDirectory.from_config(_get_alembic_config(""))
+    try:
+        return scripts.get_revision(revision) is not None
+    except Exception:  # alembic raises its own errors for unknown ids
+        return False
+
+
+def tracking_server_problem(uri: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """Why the tracking server at `uri` cannot be used right now (a few words), or None when
+    it answers. One GET of `/health`, bounded by `timeout` seconds; any answer below 500
+    counts (a server behind an auth proxy may refuse /health yet be alive)."""
+    import requests
+
+    url = f"{uri.rstrip('/')}/health"
+    try:
+        resp = requests.get(url, timeout=(min(timeout, 3.0), timeout))
+    except requests.Timeout:
+        return f"no answer in {timeout:g} s"
+    except requests.RequestException as err:
+        return _os_reason(err)
+    if resp.status_code >= 500:
+        return f"HTTP {resp.status_code} from {url}"
+    return None
+
+
+def _os_reason(err: BaseException) -> str:
+    """`Connection refused`, `Name or service not known`, ...: the OS's words inside the
+    layers of requests/urllib3 exceptions, else the exception's first line."""
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(err))
+    if found:
+        return found.group(1).strip().rstrip(".").lower()
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return first[:160]
+
+
+def check_tracking_store(uri: str | None = None) -> str:
+    """Fail fast, in one line, when the tracking store cannot be used; returns its URI.
+    A server gets one probe of at most about PROBE_SECONDS (no MLflow retries: a dead
+    server costs seconds, not minutes); a SQLite store is created or upgraded under its lock.
+    Call it before a training starts (RunTracker does)."""
+    uri = uri or configure_mlflow()
+    if is_http(uri):
+        problem = tracking_server_problem(uri)
+        if problem:
+            raise TrainingError(f"MLflow tracking server {uri} is not reachable ({problem})")
+    else:
+        ensure_store(uri)
+    return uri
+
+
 def configure_mlflow() -> str:
     """Point MLflow's tracking and model registry at the charflow store; return the URI."""
     set_mlflow_env_defaults()
@@ -89,9 +243,10 @@ def configure_mlflow() -> str:
 
     _drop_telemetry_if_disabled()
     uri = default_tracking_uri()
-    db = sqlite_path(uri)
-    if db is not None:
-        db.parent.mkdir(parents=True, exist_ok=True)
+    if is_http(uri):
+        for key, value in HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+    ensure_store(uri)  # SQLite: the schema exists and is current before anything opens it
     # MLflow also exports both URIs as environment variables. Keep the environment as the
     # user set it, so the next call still follows a changed CHARFLOW_HOME or URI.
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
