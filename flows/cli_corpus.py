@@ -43,7 +43,9 @@ def ingest(
     name: str = typer.Argument(..., help="corpus name (see `charflow corpora`)"),
     source: str | None = typer.Option(None, "--source", help="URL or local path to read from"),
     limit: int | None = typer.Option(None, "--limit", help="stop after N documents"),
-    data_dir: Path = typer.Option(Path("data"), "--data-dir", help="corpora live in DIR/NAME"),
+    data_dir: Path | None = typer.Option(
+        None, "--data-dir", help="corpora live in DIR/NAME (default: $CHARFLOW_HOME/data)"
+    ),
     rate_limit: float = typer.Option(
         1.0, "--rate-limit", help="requests per second per host; 0 = no limit (mirrors)"
     ),

@@ -12,20 +12,14 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from urllib.parse import urlsplit
 
+from flows.host_limits import host_limit_name
 from flows.services import HOST, REPO, Stack, ensure_work_pool
 
 # Requests per second allowed to each scraped web site, across all workers.
 HOST_RATE = 1.0
 # Our own loopback mirror can take far more.
 MIRROR_RATE = 50.0
-
-
-def host_limit_name(url: str) -> str | None:
-    """`host:paulgraham.com` for a URL; None for local paths (nothing to be polite to)."""
-    host = urlsplit(url).hostname
-    return f"host:{host}" if host else None
 
 
 def host_limits() -> dict[str, float]:

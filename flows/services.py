@@ -27,6 +27,8 @@ from pathlib import Path
 
 import requests
 
+from charflow import paths
+
 REPO = Path(__file__).resolve().parent.parent  # the checkout: prefect.yaml, flows/
 HOST = "127.0.0.1"
 WORK_POOL = "charflow"
@@ -63,20 +65,30 @@ class Stack:
         env = os.environ
         mirror = env.get("MIRROR") or None
         return cls(
-            home=Path(env.get("CHARFLOW_HOME") or os.getcwd()).resolve(),
+            home=paths.charflow_home(),
             prefect_port=int(env.get("PREFECT_PORT", 4200)),
             mlflow_port=int(env.get("MLFLOW_PORT", 5000)),
             mirror=Path(mirror).resolve() if mirror else None,
             mirror_port=int(env.get("MIRROR_PORT", 8765)),
         )
 
+    def _at_home(self, where: Callable[[], Path]) -> Path:
+        """`where` (a charflow.paths function) inside this stack's home: the layout is the
+        one every process of the stack sees (CHARFLOW_HOME=home), the root may differ from
+        this process's own (tests run stacks in temporary homes)."""
+        return self.home / where().relative_to(paths.charflow_home())
+
     @property
     def run_dir(self) -> Path:
-        return self.home / ".run"
+        return self._at_home(paths.run_dir)
 
     @property
     def prefect_home(self) -> Path:
-        return self.run_dir / "prefect"
+        return self._at_home(paths.prefect_home)
+
+    @property
+    def mlruns(self) -> Path:
+        return self._at_home(paths.mlruns_dir)
 
     @property
     def api_url(self) -> str:
@@ -96,7 +108,7 @@ class Stack:
 
     @property
     def tracking_uri(self) -> str:
-        return f"sqlite:///{self.home / 'mlruns' / 'mlflow.db'}"
+        return f"sqlite:///{self.mlruns / 'mlflow.db'}"
 
     def client_env(self) -> dict[str, str]:
         """Environment for anything that talks to this stack: the worker, its flow runs,
@@ -164,10 +176,9 @@ def prefect_worker(stack: Stack) -> Service:
 
 
 def mlflow_ui(stack: Stack) -> Service:
-    mlruns = stack.home / "mlruns"
     argv = _python(
         "mlflow", "ui", "--backend-store-uri", stack.tracking_uri,
-        "--default-artifact-root", str(mlruns / "artifacts"),
+        "--default-artifact-root", str(stack.mlruns / "artifacts"),
         "--host", HOST, "--port", str(stack.mlflow_port), "--workers", "1",
     )  # fmt: skip
     # The UI only browses runs; its background job runners (GenAI features) cost a dozen processes.

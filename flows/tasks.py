@@ -1,7 +1,7 @@
 """Prefect tasks around the library functions: the units of retry, caching and concurrency.
 
 - `fetch_raw` is the network part of an ingest: retried as a whole, and every request it
-  makes takes a slot of the global rate limit `host:<hostname>` (see flows/deploy.py).
+  makes takes a slot of the global rate limit `host:<hostname>` (see flows/host_limits.py).
 - `build_corpus` cleans the fetched bytes into data/<corpus>/. It is pure, so it is cached
   on its inputs (raw fingerprint, options, limit), the library code that cleans and the
   task's own source: an unchanged corpus is not cleaned again.
@@ -12,25 +12,26 @@
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
-from typing import Any
+from urllib.parse import urlsplit
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import INPUTS, NO_CACHE, TASK_SOURCE
 from prefect.concurrency.sync import rate_limit
 
+from charflow import paths
 from charflow.files import file_sha256
 from charflow.paths import charflow_home
-from flows.deploy import host_limit_name
-from flows.services import REPO
+from flows.host_limits import host_limit_name
 from scrapers.errors import IngestError
 from scrapers.fetch import Fetcher
-from scrapers.ingest import ingest, resolve_options
-from scrapers.registry import GatherContext, RawItem, Skipped, get_corpus
+from scrapers.ingest import gather_raw, resolve_options, write_corpus
+from scrapers.registry import RawItem, Skipped, get_corpus
 from scrapers.store import RAW_DIR, read_manifest
 from training.config import TrainConfig
 from training.units import bits
@@ -41,16 +42,19 @@ LOOPBACK = {"127.0.0.1", "localhost", "::1"}
 
 
 def data_root(data_dir: str | None = None) -> Path:
-    return Path(data_dir).resolve() if data_dir else charflow_home() / "data"
+    return Path(data_dir).resolve() if data_dir else paths.data_dir()
 
 
 @cache
 def code_fingerprint(packages: tuple[str, ...] = CORPUS_CODE) -> str:
-    """sha256 of the Python sources of `packages`: a changed cleaner invalidates the cache."""
+    """sha256 of the Python sources of `packages`: a changed cleaner invalidates the cache.
+    The packages are found where Python imports them from, a checkout or site-packages."""
     digest = hashlib.sha256()
     for package in packages:
-        for path in sorted((REPO / package).rglob("*.py")):
-            digest.update(str(path.relative_to(REPO)).encode() + b"\0" + path.read_bytes())
+        (root,) = importlib.util.find_spec(package).submodule_search_locations
+        for path in sorted(Path(root).rglob("*.py")):
+            name = Path(package) / path.relative_to(root)
+            digest.update(str(name).encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()
 
 
@@ -63,17 +67,15 @@ def artifact_key(*parts: str) -> str:
 # -- fetching ------------------------------------------------------------------------------
 
 
-class SharedRateFetcher(Fetcher):
-    """The library's polite fetcher, plus Prefect's global rate limit `host:<hostname>` on
-    every request (retries and robots.txt included), shared by all flow runs on all workers.
-    Hosts without such a limit keep only the fetcher's own per-process pace."""
+class SharedHostLimit:
+    """A Fetcher `before_request` hook: a slot of Prefect's global rate limit
+    `host:<hostname>` before every request (retries and robots.txt included), shared by all
+    flow runs on all workers. Hosts without such a limit keep only the fetcher's own pace."""
 
-    def __init__(self, **kwargs: Any):
-        super().__init__(**kwargs)
+    def __init__(self) -> None:
         self._limited: dict[str, bool] = {}
 
-    def _wait_turn(self, host: str) -> None:
-        super()._wait_turn(host)
+    def __call__(self, host: str) -> None:
         name = host_limit_name(host)
         if name and self._has_limit(name):
             rate_limit(name)
@@ -138,37 +140,16 @@ def fetch_raw(
     unchanged page costs a 304). Raises IngestError when nothing could be fetched."""
     logger = get_run_logger()
     spec = get_corpus(corpus)
-    loopback = _host(source) in LOOPBACK
     # Our own loopback mirror needs no pacing beyond its shared limit.
-    fetcher = SharedRateFetcher(rate_limit=None if loopback else 1.0)
-    ctx = GatherContext(
-        name=corpus,
-        source=source,
-        limit=limit,
-        raw_dir=data_dir / corpus / RAW_DIR,
-        fetcher=fetcher,
-        options=resolve_options(spec, options),
-        log=logger.info,
-    )
-    items: list[RawItem | Skipped] = []
+    loopback = urlsplit(source).hostname in LOOPBACK
+    fetcher = Fetcher(rate_limit=None if loopback else 1.0, before_request=SharedHostLimit())
     with fetcher:
-        gathered = spec.gather(ctx)
-        try:
-            for item in gathered:
-                items.append(item)
-                if isinstance(item, Skipped):
-                    logger.info("skipped %s: %s", item.source, item.reason)
-                elif limit is not None and sum(isinstance(i, RawItem) for i in items) >= limit:
-                    break
-        finally:
-            getattr(gathered, "close", lambda: None)()
+        gathered = gather_raw(
+            spec, source, data_dir / corpus / RAW_DIR, fetcher, resolve_options(spec, options),
+            limit=limit, max_raw=limit, log=logger.info,
+        )  # fmt: skip
+        items = list(gathered)
     snapshot = RawSnapshot(items, raw_fingerprint(items), dict(fetcher.stats))
-    if not snapshot.num_raw:
-        reasons = "; ".join(f"{i.source}: {i.reason}" for i in items[:3])
-        raise IngestError(
-            f"nothing fetched from {source} for corpus {corpus}"
-            + (f" ({len(items)} skipped, e.g. {reasons})" if reasons else "")
-        )
     logger.info(
         "fetched %d raw items (%d skipped) from %s; requests: %s",
         snapshot.num_raw,
@@ -177,12 +158,6 @@ def fetch_raw(
         snapshot.fetch_stats or "none",
     )
     return snapshot
-
-
-def _host(source: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    return urlsplit(source).hostname
 
 
 # -- cleaning (cached) -----------------------------------------------------------------------
@@ -207,15 +182,12 @@ def build_corpus(
     snapshot: RawSnapshot,
 ) -> dict:
     """Clean the fetched items into data/<corpus>/ (atomic); returns the manifest."""
-    result = ingest(
-        corpus,
-        source,
-        limit=limit,
-        data_dir=Path(data_dir),
-        options=options,
-        progress=False,
-        raw_items=snapshot.items,
-    )
+    spec = get_corpus(corpus)
+    result = write_corpus(
+        spec, Path(data_dir) / corpus, snapshot.items, resolve_options(spec, options),
+        source=source, limit=limit, fetch_stats=lambda: snapshot.fetch_stats,
+        log=get_run_logger().info,
+    )  # fmt: skip
     return result.manifest
 
 

@@ -4,7 +4,8 @@
 - retries with exponential backoff on connection errors, 429 and 5xx, honouring Retry-After;
 - robots.txt honoured (RFC 9309: a missing robots.txt allows everything, an unreachable one
   disallows everything);
-- a per-host rate limit (1 request/s by default; None turns it off for loopback tests);
+- a per-host rate limit (1 request/s by default; None turns it off for loopback tests), and
+  a `before_request` hook for a caller's own pacing (e.g. a limit shared across processes);
 - a raw cache with conditional requests (ETag / If-Modified-Since): 304 -> the cached bytes,
   so a re-run re-downloads nothing unchanged;
 - redirects followed only on the same host; off-host redirects are refused.
@@ -25,6 +26,7 @@ import time
 import urllib.robotparser
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -70,19 +72,6 @@ def host_of(url: str) -> str:
 
 def same_host(url: str, base: str) -> bool:
     return host_of(url) == host_of(base)
-
-
-def site_links(base_url: str, hrefs) -> list[str]:
-    """Resolve hrefs against base_url; keep http(s)/file links on base_url's host only,
-    normalized and de-duplicated, in first-seen order."""
-    seen: dict[str, None] = {}
-    for href in hrefs:
-        if not href or href.startswith(("mailto:", "javascript:", "#")):
-            continue
-        url = normalize_url(urljoin(base_url, href))
-        if urlsplit(url).scheme in ("http", "https", "file") and same_host(url, base_url):
-            seen.setdefault(url, None)
-    return list(seen)
 
 
 def is_url(source: str) -> bool:
@@ -150,6 +139,7 @@ class Fetcher:
         respect_robots: bool = True,
         backoff: float = 0.5,
         max_backoff: float = 60.0,
+        before_request: Callable[[str], None] | None = None,
     ):
         if rate_limit is not None and rate_limit <= 0:
             raise IngestError(f"rate limit must be > 0 requests/s or None, got {rate_limit}")
@@ -160,6 +150,9 @@ class Fetcher:
         self.respect_robots = respect_robots
         self.backoff = backoff
         self.max_backoff = max_backoff
+        # Called with the host (scheme://host[:port]) before every request, robots.txt and
+        # retries included, after this fetcher's own pacing: it may wait, never skip.
+        self.before_request = before_request
         self.session = requests.Session()
         self.session.headers["User-Agent"] = user_agent
         self.stats: Counter[str] = Counter()
@@ -313,6 +306,8 @@ class Fetcher:
         host = host_of(url)
         for attempt in range(self.retries + 1):
             self._wait_turn(host)
+            if self.before_request is not None:
+                self.before_request(host)
             self.stats["requests"] += 1
             try:
                 response = self.session.get(

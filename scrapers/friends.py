@@ -12,11 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 from cleaners.friends_html import clean_episode, index_entries
 from scrapers.errors import IngestError
-from scrapers.fetch import is_url, normalize_url, same_host
+from scrapers.fetch import is_url
+from scrapers.index_pages import fetch_pages, read_index
 from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped, register
 
 REPOSITORY = "https://raw.githubusercontent.com/fangj/friends"
@@ -42,28 +43,24 @@ def episode_of(url: str) -> tuple[str, int | None]:
     return stem, int(stem[:2]) if stem[:2].isdigit() else None
 
 
+def episode_meta(url: str, index_title: str | None) -> dict:
+    episode, season = episode_of(url)
+    return {"episode": episode, "season": season, "index_title": index_title}
+
+
 def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
     url = index_url(ctx.source)
-    index = ctx.fetcher.get(url, ctx.raw_dir)
-    if not index.ok:
-        raise IngestError(f"cannot read the Friends index {url}: {index.reason}")
-    episodes: dict[str, str] = {}  # url -> the index's title, in index order
-    for entry in index_entries(index.read_bytes()):
-        page = normalize_url(urljoin(index.url, entry.href))
-        if same_host(page, index.url) and urlsplit(page).path.endswith(".html"):
-            episodes.setdefault(page, entry.title)
+    index = read_index(
+        ctx, url, "Friends index", lambda body: ((e.href, e.title) for e in index_entries(body))
+    )
+    episodes = {
+        page: title for page, title in index.pages.items() if urlsplit(page).path.endswith(".html")
+    }
     if not episodes:
         raise IngestError(f"the Friends index {url} links to no episode pages")
     ctx.log(f"Friends index: {len(episodes)} episodes")
     ctx.set_total(len(episodes) if ctx.limit is None else min(len(episodes), ctx.limit))
-    for page_url, title in episodes.items():
-        page = ctx.fetcher.get(page_url, ctx.raw_dir)
-        if not page.ok:
-            yield Skipped(page_url, page.reason or "not fetched")
-            continue
-        episode, season = episode_of(page_url)
-        meta = {"episode": episode, "season": season, "index_title": title}
-        yield RawItem(page_url, page.path, meta)
+    yield from fetch_pages(ctx, {page: episode_meta(page, t) for page, t in episodes.items()})
 
 
 def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:

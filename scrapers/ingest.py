@@ -1,20 +1,31 @@
-"""ingest(): gather raw items for a registered corpus, clean them, write data/<name>/."""
+"""Ingest a registered corpus into data/<name>/, in three blocks that every caller composes:
+
+    gather_raw    source -> raw items (RawItem: bytes on disk, or Skipped), lazily
+    clean_item    one raw item -> documents (and skips), by the corpus's cleaner
+    write_corpus  raw items -> cleaned, written and committed corpus folder (atomic)
+
+`ingest()` streams them in one process (`charflow ingest`): pages are fetched while the
+corpus is written, and a document limit stops the fetching. The Prefect flows run the
+gathering as one task (retried on its own) and the writing as another (cached).
+"""
 
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from charflow import paths
 from scrapers.errors import IngestError
 from scrapers.fetch import Fetcher
 from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped, get_corpus
 from scrapers.store import RAW_DIR, CorpusWriter
 
-log = logging.getLogger("charflow.ingest")
+logger = logging.getLogger("charflow.ingest")
 
 TRUE_WORDS = {"1", "true", "yes", "on"}
 FALSE_WORDS = {"0", "false", "no", "off"}
@@ -58,7 +69,7 @@ def resolve_options(spec: CorpusSpec, options: dict | None) -> dict:
     return {k: _coerce(k, options.get(k, v), v) for k, v in spec.options.items()}
 
 
-class Progress:
+class IngestProgress:
     """A tqdm bar on a terminal, a log line every ~10% otherwise. Counts documents out of
     the limit when there is one, else raw items (fetched or skipped) out of what the
     gatherer announced."""
@@ -91,7 +102,7 @@ class Progress:
         if self.bar is not None:
             self.bar.write(text, file=sys.stderr)
         else:
-            log.info(text)
+            logger.info(text)
 
     def step(self, documents: int) -> None:
         self.items += 1
@@ -105,7 +116,7 @@ class Progress:
         if self.position // every > before // every or now - self._logged_at > 30:
             self._logged_at = now
             of = f"/{self.total}" if self.total else ""
-            log.info(
+            logger.info(
                 "ingest %s: %d%s %s (%d items, %d documents)",
                 self.name, self.position, of, self.unit, self.items, documents,
             )  # fmt: skip
@@ -115,102 +126,197 @@ class Progress:
             self.bar.close()
 
 
+def _ignore(_: int) -> None:
+    return None
+
+
+def _nothing_from(what: str, source: str, corpus: str, skipped: list[Skipped]) -> IngestError:
+    """The error "<what> from <source> for corpus <name> (N skipped, e.g. <three>)"."""
+    reasons = "; ".join(f"{s.source}: {s.reason}" for s in skipped[:3])
+    return IngestError(
+        f"{what} from {source} for corpus {corpus}"
+        + (f" ({len(skipped)} skipped, e.g. {reasons})" if reasons else "")
+    )
+
+
+# -- (a) gather ---------------------------------------------------------------------------
+
+
+def gather_raw(
+    spec: CorpusSpec,
+    source: str,
+    raw_dir: Path,
+    fetcher: Fetcher,
+    options: dict,
+    *,
+    limit: int | None = None,
+    max_raw: int | None = None,
+    log: Callable[[str], None] = logger.info,
+    set_total: Callable[[int], None] = _ignore,
+) -> Iterator[RawItem | Skipped]:
+    """The corpus's raw items from `source`, fetched into raw_dir as they are asked for.
+
+    `limit` (documents) is checked now and handed to the gatherer as a hint; `max_raw`
+    stops after that many raw items, for a caller that gathers before it cleans and so
+    cannot count documents yet. Stopping, or closing the iterator, closes the gatherer: it
+    fetches nothing more. Skips are logged; IngestError when the gatherer ran out without
+    one raw item."""
+    if limit is not None and limit < 1:
+        raise IngestError(f"limit must be >= 1, got {limit}")
+    ctx = GatherContext(
+        name=spec.name,
+        source=source,
+        limit=limit,
+        raw_dir=raw_dir,
+        fetcher=fetcher,
+        options=options,
+        log=log,
+        set_total=set_total,
+    )
+    return _gathered(spec.gather(ctx), ctx, max_raw)
+
+
+def _gathered(
+    items: Iterator[RawItem | Skipped], ctx: GatherContext, max_raw: int | None
+) -> Iterator[RawItem | Skipped]:
+    raw, skipped = 0, []
+    try:
+        for item in items:
+            if isinstance(item, Skipped):
+                skipped.append(item)
+                ctx.log(f"skipped {item.source}: {item.reason}")
+            else:
+                raw += 1
+            yield item
+            if max_raw is not None and raw >= max_raw:
+                return
+    finally:
+        getattr(items, "close", lambda: None)()  # a generator stopped early fetches no more
+    if not raw:
+        raise _nothing_from("nothing fetched", ctx.source, ctx.name, skipped)
+
+
+# -- (b) clean ----------------------------------------------------------------------------
+
+
+def clean_item(
+    spec: CorpusSpec, item: RawItem, options: dict, log: Callable[[str], None] = logger.info
+) -> Iterator[Document | Skipped]:
+    """One raw item's documents (and skips), by the corpus's cleaner."""
+    try:
+        for out in spec.clean(item, options):
+            if not isinstance(out, Document | Skipped):
+                raise TypeError(f"cleaner returned {type(out).__name__}, not Document/Skipped")
+            yield out
+    except (ValueError, UnicodeError, LookupError) as err:
+        # A page the cleaner cannot read is recorded, not fatal; bugs (other errors) raise.
+        log(f"skipped {item.source}: cleaner failed: {err}")
+        yield Skipped(item.source, f"cleaner failed: {type(err).__name__}: {err}")
+
+
+# -- (c) write ----------------------------------------------------------------------------
+
+
+def write_corpus(
+    spec: CorpusSpec,
+    corpus_dir: Path,
+    items: Iterable[RawItem | Skipped],
+    options: dict,
+    *,
+    source: str,
+    limit: int | None = None,
+    fetch_stats: Callable[[], Mapping[str, int]] = dict,
+    log: Callable[[str], None] = logger.info,
+    progress: Callable[[int], None] = _ignore,
+) -> IngestResult:
+    """Clean each raw item (clean_item) into corpus_dir, atomically: on any error the
+    previous corpus stays as it was. Stops after `limit` documents, closing `items` (a lazy
+    gatherer then fetches no more). `fetch_stats` is read at the commit, once the items are
+    used up, for the manifest; `progress` hears the document count after every item.
+    IngestError when no document came out."""
+    fetched = 0
+    cap = math.inf if limit is None else limit
+    # Kept only for a spec whose manifest fields need every written document.
+    written: list[Document] | None = [] if spec.manifest_fields else None
+    with CorpusWriter(corpus_dir) as writer:
+        try:
+            for item in items:
+                if isinstance(item, Skipped):
+                    outputs: Iterable[Document | Skipped] = [item]
+                else:
+                    fetched += 1
+                    outputs = clean_item(spec, item, options, log)
+                for out in outputs:
+                    if isinstance(out, Skipped):
+                        writer.skip(out.source, out.reason)
+                    elif writer.add(out) is not None and written is not None:
+                        written.append(out)
+                    if writer.num_documents >= cap:
+                        break
+                progress(writer.num_documents)
+                if writer.num_documents >= cap:
+                    break
+        finally:
+            getattr(items, "close", lambda: None)()  # a generator stopped early fetches no more
+        if writer.num_documents == 0:
+            skipped = [Skipped(s["source"], s["reason"]) for s in writer.skipped]
+            raise _nothing_from("no documents", source, spec.name, skipped)
+        extra = spec.manifest_fields(options, written) if spec.manifest_fields else {}
+        manifest = writer.commit(
+            name=spec.name,
+            source=source,
+            fetched=fetched,
+            options=options,
+            limit=limit,
+            fetch={k: v for k, v in sorted(fetch_stats().items()) if v},
+            **extra,
+        )
+    log(
+        f"corpus {spec.name} {'unchanged' if writer.unchanged else 'written'}: "
+        f"{manifest['documents']} documents, {manifest['chars']} chars, "
+        f"{len(manifest['skipped'])} skipped -> {corpus_dir}"
+    )
+    return IngestResult(spec.name, Path(corpus_dir), manifest, writer.unchanged)
+
+
+# -- the three in one process --------------------------------------------------------------
+
+
 def ingest(
     name: str,
     source: str | None = None,
     *,
     limit: int | None = None,
-    data_dir: Path = Path("data"),
+    data_dir: Path | None = None,
     options: dict | None = None,
     fetcher: Fetcher | None = None,
     progress: bool | None = None,
-    raw_items: Iterable[RawItem | Skipped] | None = None,
 ) -> IngestResult:
-    """Build data_dir/name/ from source (default: the spec's). Atomic: on any error the
-    previous corpus stays as it was. `limit` caps the number of documents. `raw_items`,
-    if given, replaces the spec's gather step (items a caller already fetched, e.g. in a
-    Prefect task that retries the network part on its own)."""
+    """Build <data_dir>/<name>/ (default data_dir: charflow.paths.data_dir()) from source
+    (default: the spec's), fetching while writing. `limit` caps the number of documents.
+    Atomic: on any error the previous corpus stays as it was."""
     spec = get_corpus(name)
     opts = resolve_options(spec, options)
     source = source or spec.default_source
-    if limit is not None and limit < 1:
-        raise IngestError(f"limit must be >= 1, got {limit}")
-    corpus_dir = Path(data_dir) / spec.name
+    corpus_dir = Path(data_dir or paths.data_dir()) / spec.name
     own_fetcher = fetcher is None
     fetcher = fetcher or Fetcher()
-    stats_before = dict(fetcher.stats)
-    bar = Progress(spec.name, progress, limit)
-    ctx = GatherContext(
-        name=spec.name,
-        source=source,
-        limit=limit,
-        raw_dir=corpus_dir / RAW_DIR,
-        fetcher=fetcher,
-        options=opts,
-        log=bar.message,
-        set_total=bar.set_total,
-    )
-    fetched = 0
+    before = dict(fetcher.stats)  # a fetcher passed in may have fetched for someone else
+
+    def fetch_stats() -> dict[str, int]:
+        return {k: v - before.get(k, 0) for k, v in fetcher.stats.items()}
+
+    bar = IngestProgress(spec.name, progress, limit)
     try:
-        with CorpusWriter(corpus_dir) as writer:
-            items = spec.gather(ctx) if raw_items is None else iter(raw_items)
-            try:
-                for item in items:
-                    if isinstance(item, Skipped):
-                        writer.skip(item.source, item.reason)
-                        bar.message(f"skipped {item.source}: {item.reason}")
-                    else:
-                        fetched += 1
-                        _clean_into(spec, item, opts, writer, bar, limit)
-                    bar.step(writer.num_documents)
-                    if limit is not None and writer.num_documents >= limit:
-                        break
-            finally:
-                getattr(items, "close", lambda: None)()  # stop a generator early (limit)
-            if writer.num_documents == 0:
-                reasons = "; ".join(f"{s['source']}: {s['reason']}" for s in writer.skipped[:3])
-                raise IngestError(
-                    f"no documents from {source} for corpus {spec.name}"
-                    + (f" ({len(writer.skipped)} skipped, e.g. {reasons})" if reasons else "")
-                )
-            fetch_stats = {k: v - stats_before.get(k, 0) for k, v in fetcher.stats.items()}
-            manifest = writer.commit(
-                name=spec.name,
-                source=source,
-                fetched=fetched,
-                options=opts,
-                limit=limit,
-                fetch={k: v for k, v in sorted(fetch_stats.items()) if v},
-            )
+        items = gather_raw(
+            spec, source, corpus_dir / RAW_DIR, fetcher, opts,
+            limit=limit, log=bar.message, set_total=bar.set_total,
+        )  # fmt: skip
+        return write_corpus(
+            spec, corpus_dir, items, opts, source=source, limit=limit,
+            fetch_stats=fetch_stats, log=bar.message, progress=bar.step,
+        )  # fmt: skip
     finally:
         bar.close()
         if own_fetcher:
             fetcher.close()
-    state = "unchanged" if writer.unchanged else "written"
-    log.info(
-        "corpus %s %s: %d documents, %d chars, %d skipped -> %s",
-        spec.name,
-        state,
-        manifest["documents"],
-        manifest["chars"],
-        len(manifest["skipped"]),
-        corpus_dir,
-    )
-    return IngestResult(spec.name, corpus_dir, manifest, writer.unchanged)
-
-
-def _clean_into(spec, item: RawItem, opts, writer: CorpusWriter, bar, limit) -> None:
-    try:
-        for out in spec.clean(item, opts):
-            if isinstance(out, Skipped):
-                writer.skip(out.source, out.reason)
-            elif isinstance(out, Document):
-                writer.add(out)
-                if limit is not None and writer.num_documents >= limit:
-                    return
-            else:
-                raise TypeError(f"cleaner returned {type(out).__name__}, not Document/Skipped")
-    except (ValueError, UnicodeError, LookupError) as err:
-        # A page the cleaner cannot read is recorded, not fatal; bugs (other errors) raise.
-        writer.skip(item.source, f"cleaner failed: {type(err).__name__}: {err}")
-        bar.message(f"skipped {item.source}: cleaner failed: {err}")

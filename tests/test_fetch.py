@@ -6,8 +6,14 @@ import json
 import os
 import re
 import socket
+from urllib.parse import urlsplit
 
-from scrapers.fetch import Fetcher, cache_key, normalize_url, site_links
+import pytest
+
+from scrapers.errors import IngestError
+from scrapers.fetch import Fetcher, cache_key, host_of, normalize_url
+from scrapers.index_pages import fetch_pages, read_index
+from scrapers.registry import GatherContext, RawItem, Skipped
 
 AVG = "paulgraham/avg.html"
 
@@ -23,22 +29,62 @@ def test_normalize_url_canonical_forms():
     assert normalize_url("http://example.com:8080/x?q=1") == "http://example.com:8080/x?q=1"
 
 
-def test_site_links_resolve_dedupe_and_stay_on_host():
-    base = "http://127.0.0.1:9/paulgraham/articles.html"
-    hrefs = [
-        "avg.html",
-        "avg.html#f1n",
-        "./avg.html",
-        "HTTP://127.0.0.1:9/paulgraham/spam.html",
-        "http://ycombinator.com/",
-        "https://sep.turbifycdn.com/ty/cdn/paulgraham/acl1.txt?t=1&",
-        "mailto:pg@example.com",
-        "#top",
+def test_index_pages_resolve_dedupe_and_stay_on_host(mirror_factory, tmp_path):
+    site = tmp_path / "site"
+    (site / "essays").mkdir(parents=True)
+    (site / "essays" / "avg.html").write_text("avg")
+    server = mirror_factory(site)
+    other = mirror_factory()  # another host: the same address on another port
+    spam = other.url("paulgraham/spam.html")
+    lines = [
+        "avg.html|Beating the Averages",
+        "avg.html#f1n|a footnote",  # the same page: the first label stays
+        "./avg.html|again",
+        f"HTTP://{urlsplit(server.base_url).netloc}/essays/gone.html|Gone",
+        f"{spam}|Spam",
+        "mailto:pg@example.com|mail",
+        "#top|top",
     ]
-    assert site_links(base, hrefs) == [
-        "http://127.0.0.1:9/paulgraham/avg.html",
-        "http://127.0.0.1:9/paulgraham/spam.html",
-    ]
+    (site / "essays" / "index.txt").write_text("\n".join(lines))
+    server.redirect("start.txt", "/essays/index.txt")  # links resolve against where it ended
+    with fast_fetcher() as fetcher:
+        ctx = GatherContext("t", "", None, tmp_path / "raw", fetcher, {}, log=lambda _: None)
+        index = read_index(
+            ctx,
+            server.url("start.txt"),
+            "test index",
+            lambda body: [line.split("|") for line in body.decode().splitlines()],
+        )
+        assert index.url == server.url("essays/index.txt")
+        assert index.pages == {
+            server.url("essays/avg.html"): "Beating the Averages",
+            server.url("essays/gone.html"): "Gone",
+        }
+        assert index.offsite == [Skipped(spam, f"off-site link ({urlsplit(spam).netloc})")]
+        pages = {url: {"n": n} for n, url in enumerate(index.pages)}
+        avg, gone = fetch_pages(ctx, pages)
+    assert avg == RawItem(server.url("essays/avg.html"), avg.path, {"n": 0})
+    assert avg.path.read_text() == "avg"
+    assert gone.source == server.url("essays/gone.html") and "404" in gone.reason
+    assert other.requests() == []
+
+
+def test_unreadable_index_names_what_it_is(mirror, tmp_path):
+    with fast_fetcher() as fetcher:
+        ctx = GatherContext("t", "", None, tmp_path, fetcher, {}, log=lambda _: None)
+        with pytest.raises(IngestError, match=r"cannot read the test index .*: HTTP 404"):
+            read_index(ctx, mirror.url("nothing/here.html"), "test index", lambda body: [])
+
+
+def test_before_request_hook_runs_before_every_request(mirror, tmp_path):
+    mirror.fail(AVG, status=500, times=2)
+    seen: list[tuple[str, int]] = []  # (host, requests the server had seen by then)
+    hook = lambda host: seen.append((host, len(mirror.requests())))  # noqa: E731
+    with fast_fetcher(before_request=hook) as fetcher:
+        assert fetcher.get(mirror.url(AVG), tmp_path).ok
+    host = host_of(mirror.url(AVG))
+    assert seen == [(host, 0), (host, 1), (host, 2), (host, 3)]  # robots.txt, 500, 500, 200
+    assert len(mirror.requests()) == 4
 
 
 def test_get_downloads_into_hash_named_cache_with_sidecar(mirror, tmp_path, corpora_dir):

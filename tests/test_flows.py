@@ -9,6 +9,7 @@ import importlib.util
 import subprocess
 import sys
 import time
+from itertools import pairwise
 from pathlib import Path
 
 import pytest
@@ -164,6 +165,35 @@ def test_start_refuses_a_port_someone_else_holds(tmp_path):
 
 
 # -- flows against the real server ----------------------------------------------------------
+
+
+def test_fetch_takes_a_slot_of_the_shared_host_limit(prefect_env, mirror, tmp_path):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.tasks import SharedHostLimit
+    from scrapers.fetch import Fetcher
+
+    # Its own host name (the mirror, as "localhost"), so no other test shares this limit.
+    name, per_second = "host:localhost", 4.0
+    with get_client(sync_client=True) as client:
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(
+                name=name, limit=1, slot_decay_per_second=per_second, active=True
+            )
+        )
+    try:
+        url = mirror.url("paulgraham/avg.html").replace("127.0.0.1", "localhost")
+        with Fetcher(rate_limit=None, before_request=SharedHostLimit()) as fetcher:
+            for _ in range(4):  # robots.txt, the page, then three conditional requests
+                assert fetcher.get(url, tmp_path).ok
+    finally:
+        with get_client(sync_client=True) as client:
+            client.delete_global_concurrency_limit_by_name(name)
+    times = [r.at for r in mirror.requests()]
+    assert len(times) == 5
+    gaps = [later - earlier for earlier, later in pairwise(times)]
+    assert min(gaps) >= 0.8 / per_second, gaps  # without the hook: milliseconds apart
 
 
 def test_ingest_is_cached_until_corpus_or_bytes_change(flow_home, mirror):

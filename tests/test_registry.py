@@ -7,14 +7,24 @@ import os
 import subprocess
 import sys
 import textwrap
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from scrapers import registry
 from scrapers.errors import IngestError
-from scrapers.ingest import ingest, resolve_options
-from scrapers.registry import CorpusSpec, Document, RawItem, get_corpus, list_corpora, register
+from scrapers.fetch import Fetcher
+from scrapers.ingest import gather_raw, ingest, resolve_options
+from scrapers.registry import (
+    CorpusSpec,
+    Document,
+    RawItem,
+    Skipped,
+    get_corpus,
+    list_corpora,
+    register,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -83,6 +93,44 @@ def test_ingest_applies_options_and_limit(monkeypatch, tmp_path):
         ingest(spec.name, str(source), data_dir=tmp_path / "data", limit=0)
 
 
+def test_gathering_ahead_stops_after_max_raw_and_closes_the_gatherer(tmp_path):
+    pulled, closed = [], []
+
+    def gather(ctx):
+        try:
+            for n in range(5):
+                pulled.append(n)
+                yield Skipped(f"s{n}", "HTTP 404") if n == 1 else RawItem(f"u{n}", tmp_path, {})
+        finally:
+            closed.append(True)
+
+    spec = CorpusSpec("toy-gather", "toy", "", gather, lambda item, opts: [])
+    with Fetcher() as fetcher:
+        items = list(gather_raw(spec, "src", tmp_path, fetcher, {}, max_raw=2, log=lambda _: None))
+    assert [i.source for i in items] == ["u0", "s1", "u2"]
+    assert pulled == [0, 1, 2] and closed == [True]  # nothing was fetched past the cap
+
+
+def test_nothing_fetched_or_cleaned_is_one_error_and_keeps_the_corpus(monkeypatch, tmp_path):
+    spec = toy_spec()
+    monkeypatch.setitem(registry._REGISTRY, spec.name, spec)
+    source, data = tmp_path / "in.txt", tmp_path / "data"
+    source.write_text("words")
+    corpus = ingest(spec.name, str(source), data_dir=data).path / "corpus.txt"
+
+    only_skips = lambda ctx: iter([Skipped("a.html", "HTTP 404")])  # noqa: E731
+    monkeypatch.setitem(registry._REGISTRY, spec.name, replace(spec, gather=only_skips))
+    nothing = r"^nothing fetched from .*\(1 skipped, e.g. a.html: HTTP 404\)$"
+    with pytest.raises(IngestError, match=nothing):
+        ingest(spec.name, str(source), data_dir=data)
+
+    no_text = lambda item, opts: [Skipped(item.source, "no text on the page")]  # noqa: E731
+    monkeypatch.setitem(registry._REGISTRY, spec.name, replace(spec, clean=no_text))
+    with pytest.raises(IngestError, match=r"^no documents from .*: no text on the page\)$"):
+        ingest(spec.name, str(source), data_dir=data)
+    assert corpus.read_text() == "words"
+
+
 def test_cli_lists_corpora_with_sources():
     out = charflow("corpora")
     assert out.returncode == 0, out.stderr
@@ -97,6 +145,17 @@ def test_cli_errors_are_one_line(tmp_path):
     out = charflow("ingest", "paulgraham", "--option", "novalue", "--data-dir", str(tmp_path))
     assert out.returncode == 1 and "KEY=VALUE" in out.stderr
     assert not (tmp_path / "paulgraham").exists()
+
+
+def test_cli_ingest_writes_under_charflow_home_by_default(tmp_path, corpora_dir):
+    index = corpora_dir / "paulgraham" / "articles.html"
+    out = charflow(
+        "ingest", "paulgraham", "--source", str(index), "--limit", "1",
+        env={"CHARFLOW_HOME": str(tmp_path / "home")}, cwd=tmp_path,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert (tmp_path / "home" / "data" / "paulgraham" / "corpus.txt").is_file()
+    assert not (tmp_path / "data").exists()  # not the working directory's data/
 
 
 def test_corpus_from_an_installed_package_is_picked_up(tmp_path):
