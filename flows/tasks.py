@@ -26,7 +26,6 @@ from prefect.concurrency.sync import rate_limit
 
 from charflow import paths
 from charflow.files import file_sha256
-from charflow.paths import charflow_home
 from flows.host_limits import host_limit_name
 from scrapers.errors import IngestError
 from scrapers.fetch import Fetcher
@@ -281,10 +280,9 @@ def encode_corpus(
 @task(name="train-model", task_run_name="train {corpus} ({cfg.model}, {cfg.max_steps} steps)")
 def train_model(corpus: str, corpus_dir: str, cfg: TrainConfig, run_tags: dict[str, str]):
     """One training run, tracked in MLflow; the trainer moves `champion` on improvement."""
-    from training.loop import train
+    from training.train import train
 
-    out_dir = charflow_home() / "checkpoints" / corpus
-    return train(cfg, corpus_dir, corpus=corpus, out_dir=out_dir, run_tags=run_tags)
+    return train(cfg, corpus_dir, corpus=corpus, run_tags=run_tags)  # a checkpoint folder per run
 
 
 def mlflow_client():

@@ -167,7 +167,12 @@ def test_tracked_run_is_in_mlflow_and_samples_from_the_model_uri(
     )
     assert [m.step for m in client.get_metric_history(result.run_id, "val_loss")] == [20, 40]
     artifacts = {f.path for f in client.list_artifacts(result.run_id, "samples")}
-    assert artifacts == {"samples/step_000020.txt", "samples/step_000040.txt"}
+    finals = {f"samples/final_T{t}.txt" for t in (0.5, 0.8, 1.0)}
+    assert artifacts == {"samples/step_000020.txt", "samples/step_000040.txt"} | finals
+    assert {"sample_copy_rate", "sample_bigram_loss", "val_bigram_loss"} <= set(
+        client.get_run(result.run_id).data.metrics
+    )
+    assert [f.path for f in client.list_artifacts(result.run_id, "cells")] == ["cells/cells.html"]
     assert run.inputs.dataset_inputs[0].dataset.name == "shk"
     assert result.model_version == "1" and result.is_champion
     code, out, err = charflow(

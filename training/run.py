@@ -167,10 +167,15 @@ def checkpoint_payload(run: Run, carried: list[torch.Tensor] | None) -> dict:
     }
 
 
+def load_best(run: Run) -> None:
+    """The best checkpoint's weights into the run's model (what gets tested and registered)."""
+    best = load_checkpoint(run.best_path, map_location=run.device)
+    run.model.load_state_dict(best["model"])
+
+
 def best_test_loss(run: Run) -> float:
     """Loss of the best checkpoint on the test split (nan without one)."""
     if len(run.test_ids) < 2:
         return math.nan
-    best = load_checkpoint(run.best_path, map_location=run.device)
-    run.model.load_state_dict(best["model"])
+    load_best(run)
     return evaluate(run.model, run.test_ids, run.device, run.autocast)

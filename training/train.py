@@ -20,9 +20,11 @@ from training.checkpoint import load_resumable
 from training.config import TrainConfig
 from training.data import corpus_name, prepare_dataset
 from training.errors import TrainingError
+from training.learned import log_learned, what_it_learned
 from training.loop import fit
+from training.mlflow_setup import default_run_name
 from training.reporting import Console, MLflowReporter, Reporter, Reporters
-from training.run import Run, best_test_loss, build_run, check_splits, restore
+from training.run import Run, best_test_loss, build_run, check_splits, load_best, restore
 from training.run_dir import RunDirLock, latest_run_dir, new_run_dir, prepare_run_dir
 from training.units import bits
 
@@ -107,7 +109,12 @@ def train(
             from training.tracking import RunTracker  # MLflow loads only when tracking
 
             tracker = stack.enter_context(
-                RunTracker(corpus, run_name, tags=run_tags, run_id=run.state.run_id)
+                RunTracker(
+                    corpus,
+                    run_name or default_run_name(corpus, cfg),
+                    tags=run_tags,
+                    run_id=run.state.run_id,
+                )
             )
             run.state.run_id = tracker.run_id
             _log_run_inputs(tracker, run)
@@ -192,6 +199,16 @@ def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
     from training.registry import register_model
 
     s = run.state
+    load_best(run)
+    learned = what_it_learned(
+        run.model, run.data.vocab, run.data.split_ids("train"), run.val_ids, seed=run.cfg.seed
+    )
+    log_learned(tracker, learned, s.step)
+    report.log(
+        f"samples: copy rate {learned.metrics['sample_copy_rate']:.2f}, bigram loss "
+        f"{learned.metrics['sample_bigram_loss']:.2f} (validation text: "
+        f"{learned.metrics['val_bigram_loss']:.2f}) nats/char"
+    )
     if not math.isnan(test_loss):
         tracker.log_metrics({"test_loss": test_loss, "test_bpc": bits(test_loss)}, step=s.step)
     tracker.log_loss_curve(
