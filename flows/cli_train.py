@@ -37,6 +37,10 @@ def train(
         False, "--overwrite", help="start afresh in an OUT that already holds a run"
     ),
     track: bool = typer.Option(True, "--track/--no-track", help="log to MLflow"),
+    run_name: str | None = typer.Option(None, help="MLflow run name (default CORPUS-ARCH-TIME)"),
+    tags: list[str] | None = typer.Option(
+        None, "--tag", metavar="KEY=VALUE", help="MLflow tag on the run (repeatable)"
+    ),
     out: Path | None = typer.Option(
         None, help="checkpoint folder (default: a new checkpoints/CORPUS/<time>-<id>)"
     ),
@@ -57,6 +61,7 @@ def train(
     from training.checkpoint import resume_config
     from training.config import TrainConfig, build_config, parse_assignments
     from training.data import corpus_name
+    from training.mlflow_setup import user_tags
     from training.run_dir import latest_run_dir, new_run_dir
     from training.train import train as run_training
     from training.units import bits
@@ -106,6 +111,8 @@ def train(
         overwrite=overwrite,
         track=track,
         progress=progress,
+        run_name=run_name,
+        run_tags=user_tags(tags or []),
     )
     if nproc > 1:
         result = distributed.launch(nproc, run_training, cfg, source, **args)

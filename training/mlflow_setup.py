@@ -16,20 +16,25 @@ probed once, briefly, before a run starts (`check_tracking_store`).
 from __future__ import annotations
 
 import fcntl
+import json
 import logging
 import os
 import re
 import shutil
-from collections.abc import Iterator
+import time
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import quote
 
 from charflow.paths import charflow_home
 from training.errors import TrainingError
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+
+    from training.config import TrainConfig
 
 # Loss in nats/char; bpc (bits/char) = loss / ln 2. The same names in every run, so the
 # MLflow UI can compare any two runs of a corpus side by side.
@@ -48,6 +53,12 @@ EXPERIMENT_PREFIX = "charflow/"
 MODEL_PREFIX = "charflow-"
 CHAMPION_ALIAS = "champion"
 MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run_id>/model
+# A sweep: one parent run, a nested child run per configuration (training/sweep.py).
+SWEEP_TAG = "charflow.sweep"  # the sweep's name, on the parent and on every child
+ROLE_TAG = "charflow.role"  # "sweep" on the parent, "child" on the children
+CHILD_TAG = "charflow.child"  # <parent run id>/<child folder>: finds a child in any state
+INDEX_TAG = "charflow.child_index"  # the child's place in the grid
+PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 
 ENV_DEFAULTS = {
     # mlflow decides at `import mlflow` whether to send usage telemetry.
@@ -283,12 +294,59 @@ def mlflow_client() -> MlflowClient:
     return mlflow.MlflowClient(mlflow.get_tracking_uri(), mlflow.get_registry_uri())
 
 
-def ui_run_url(experiment_id: str, run_id: str, tracking_uri: str | None = None) -> str:
-    """MLflow UI page of a run: under $MLFLOW_UI_URL, else the tracking server, else the
-    local UI address that `make mlflow-ui` serves."""
+# The MLflow UI opens an experiment in its GenAI view unless told otherwise; charflow's runs
+# are model trainings, so every link asks for the model-training view.
+UI_VIEW = "workflowType=machine_learning"
+# Tags charflow and MLflow set themselves; a user's --tag may not shadow them.
+RESERVED_TAG_PREFIXES = ("mlflow.", "charflow.")
+
+
+def ui_base_url(tracking_uri: str | None = None) -> str:
+    """The MLflow UI: $MLFLOW_UI_URL, else the tracking server, else the local UI address
+    that `make mlflow-ui` serves."""
     uri = tracking_uri or default_tracking_uri()
     base = os.environ.get("MLFLOW_UI_URL") or (uri if is_http(uri) else "http://127.0.0.1:5000")
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return base.rstrip("/")
+
+
+def ui_run_url(experiment_id: str, run_id: str, tracking_uri: str | None = None) -> str:
+    """MLflow UI page of a run, in the model-training view."""
+    return f"{ui_base_url(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+
+
+def ui_compare_url(
+    experiment_ids: Iterable[str], run_ids: Iterable[str], tracking_uri: str | None = None
+) -> str:
+    """The MLflow UI's compare-runs page for these runs (its route takes JSON lists)."""
+    runs = quote(json.dumps(list(run_ids), separators=(",", ":")), safe="")
+    experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")), safe="")
+    query = f"runs={runs}&experiments={experiments}&{UI_VIEW}"
+    return f"{ui_base_url(tracking_uri)}/#/compare-runs?{query}"
+
+
+def architecture(cfg: TrainConfig) -> str:
+    """`lstm2x256`: model type, layers x hidden size."""
+    return f"{cfg.model}{cfg.num_layers}x{cfg.hidden_size}"
+
+
+def default_run_name(corpus: str, cfg: TrainConfig) -> str:
+    """`paulgraham-lstm2x256-0612-153012`: what was trained on what, and when (MLflow would
+    otherwise pick random words)."""
+    return f"{corpus}-{architecture(cfg)}-{time.strftime('%m%d-%H%M%S')}"
+
+
+def user_tags(items: Iterable[str]) -> dict[str, str]:
+    """["team=nlp", "goal=baseline"] -> tags; each key once, none in MLflow's or charflow's
+    own namespaces (a user's `mlflow.parentRunId` would re-parent the run)."""
+    from training.config import parse_assignments  # not at import: it loads torch
+
+    tags = parse_assignments(items)
+    for key in tags:
+        if key.startswith(RESERVED_TAG_PREFIXES):
+            raise TrainingError(
+                f"tag {key!r} is reserved (keys starting {' or '.join(RESERVED_TAG_PREFIXES)})"
+            )
+    return tags
 
 
 def experiment_name(corpus: str) -> str:
