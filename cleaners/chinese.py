@@ -207,9 +207,8 @@ _SPACE_RUN = re.compile(r"[ \t\u3000\xa0\u2002\u2003\u2009]+")
 _HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # An ASCII or no-break space between two Han characters is an artefact (OCR, a re-wrap);
 # U+3000 is not, it separates verse lines and the halves of a heading.
-_STRAY_SPACE = re.compile(
-    rf"(?<=[{_HAN}，。、；：？！“”‘’」』）》…])[ \xa0]+(?=[{_HAN}“‘「『（《])"
-)
+_CJK = _HAN + "\u3001-\u303f\uff01-\uff60“”‘’…—·"
+_STRAY_SPACE = re.compile(f"(?<=[{_CJK}])[ \xa0]+(?=[{_CJK}])")
 _CLOSING = tuple("。！？；：”’」』）》…!?;")
 _MAX_HEADING_CHARS = 60
 _MAX_AD_CHARS = 100
@@ -228,17 +227,22 @@ _URL = re.compile(
     r"|[\w.+-]+@[\w-]+\.[\w.-]+",
     re.IGNORECASE,
 )
-# What download sites and typists add: phrases no novel's own text uses (Simplified and
-# Traditional forms).
+# What download sites and typists add: phrases a novel's own text (its dialogue included:
+# "欢迎光临", "请记住", "微信" can be said) does not use. Simplified and Traditional forms.
 _AD_PHRASES = re.compile(
     # (the lookahead lets the search skip, in C, the positions no phrase starts at)
-    r"(?=[本更请請电電tT下小书書免手最整校扫掃O收加网網转轉版侵正盗盜仅僅商输輸录錄制製Q微公无無全欢歡])(?:"
+    r"(?=[本更请請电電tT下小书書免手最整校扫掃O收加网網转轉禁版侵购購支正仅僅商输輸录錄制製"
+    r"Qq微公无無欢歡记記])(?:"
     r"本[书書](?:来|來)自|本[书書]由|更多.{0,24}(?:访问|訪問|尽在|盡在|关注|關注|登[录錄])|"
-    r"[请請](?:访问|訪問|记住|記住)|[电電]子[书書]|txt|下[载載]|小[说說][网網]|[书書](?:库|庫|城)|"
-    r"免[费費](?:阅|閱|下|小|[电電])|手[机機](?:阅|閱|用|访|訪|版)|最新章[节節]|整理校[对對]|"
-    r"校[对對][:：]|[扫掃]描|OCR|收藏本|加入收藏|本[站网網]|[书書]友|[网網]友|[转轉][载載]|"
-    r"版[权權]|侵[权權]|正版|[盗盜]版|[仅僅]供|商[业業]用途|^(?:输入|輸入|录入|錄入|制作|製作)[:：]|"
-    r"QQ|微信|公[众眾][号號]|无弹窗|無彈窗|更新最快|全本|[欢歡]迎(?:光[临臨]|[访訪]))",
+    r"[请請](?:访问|訪問)|[记記]住(?:本|[网網]址|域名)|[电電]子[书書]|txt|小[说說][网網]|"
+    r"(?:[书書]|小[说說]|全集|免[费費]|精彩|好[书書]).{0,10}下[载載]|下[载載].{0,10}(?:[网網]|站)|"
+    r"[书書](?:库|庫|城|吧)[网網]|免[费費](?:阅|閱|下|小|[电電])|手[机機](?:阅|閱|用|访|訪|版)|"
+    r"最新章[节節]|整理校[对對]|校[对對][:：]|[扫掃](?:描|校)[:：校]|OCR|收藏本|加入收藏|"
+    r"本[站网網]|[书書]友|[网網]友(?:提供|上[传傳]|整理|分享)|[转轉][载載](?:请|請|自)|"
+    r"禁止[转轉][载載]|请勿[转轉][载載]|版[权權]|侵[权權]|(?:购买|購買|支持)正版|正版(?:订|訂|阅|閱)|"
+    r"[仅僅]供(?:读|讀|学|學|交|参|參|研|试|試)|商[业業]用途|^(?:输入|輸入|录入|錄入|制作|製作)[:：]|"
+    r"QQ[群号號:：]|微信(?:公|号|號|搜)|公[众眾][号號]|无弹窗|無彈窗|更新最快|"
+    r"[欢歡]迎(?:光[临臨]|[访訪]问|[访訪]問).{0,8}(?:[网網]|站|[书書]))",
     re.IGNORECASE,
 )
 
@@ -366,7 +370,10 @@ def is_noise(line: str) -> bool:
 # Line kinds.
 BLANK, RULE, AD, HEADING, TEXT = "blank", "rule", "ad", "heading", "text"
 GONE, CONTENTS = "gone", "contents"  # a merged heading or couplet; a contents entry
-_NOT_TEXT = frozenset({BLANK, RULE, AD, GONE, CONTENTS})
+HEADER = "header"  # a running page header or footer ("西游记 · 吴承恩" by each page number)
+_NOT_TEXT = frozenset({BLANK, RULE, AD, GONE, CONTENTS, HEADER})
+_PAGE_BREAK = frozenset({RULE, AD, HEADER})
+_RUNNING_HEADER_MIN = 3  # times a short line must stand by a page number
 
 
 @dataclass
@@ -460,7 +467,29 @@ def _classify(text: str) -> list[_Line]:
         width = _width(raw)
         indent = width - _width(body) if raw[:1] in _SPACE_CHARS else 0
         lines.append(_Line(number, raw, body, kind, heading, width, indent))
+    _mark_running_headers(lines)
     return lines
+
+
+def _mark_running_headers(lines: list[_Line]) -> None:
+    """A text converted from printed pages repeats a short line (the book's or the
+    chapter's name) by every page number: such a line, seen there three times or more
+    (digits aside), is not the novel's text."""
+    by_page: dict[str, list[_Line]] = {}
+    for i, line in enumerate(lines):
+        if line.kind != RULE or not (line.body == "\f" or any(c.isdigit() for c in line.body)):
+            continue
+        for step in (-1, 1):
+            j = i + step
+            while 0 <= j < len(lines) and lines[j].kind == BLANK:
+                j += step
+            if 0 <= j < len(lines) and lines[j].kind == TEXT and len(lines[j].body) <= 30:
+                key = re.sub(r"\d+", "#", lines[j].body)
+                by_page.setdefault(key, []).append(lines[j])
+    for found in by_page.values():
+        if len({x.number for x in found}) >= _RUNNING_HEADER_MIN:
+            for line in found:
+                line.kind = HEADER
 
 
 def _mark_notice_blocks(lines: list[_Line]) -> None:
@@ -655,7 +684,8 @@ def _prose_lines(block: list[tuple[int, str, int, bool]], wrap: int | None) -> l
         if uniform:
             joins = prev_width >= full
         else:  # a flush line after an unfinished sentence was wrapped early, by hand
-            joins = indent == 0 and (prev_width >= full or not out[-1].endswith(_CLOSING))
+            joins = bool(out) and indent == 0
+            joins = joins and (prev_width >= full or not out[-1].endswith(_CLOSING))
         if out and (resumes or (wrap and joins)):
             out[-1] = _join(out[-1], _prose(body))
         else:
@@ -689,7 +719,7 @@ def _paragraphs(lines: list[_Line], wrap: int | None, normal_indent: int) -> lis
                 j += 1
             kinds = {x.kind for x in lines[i:j]}
             i = j
-            page_break = bool(kinds & {RULE, AD})
+            page_break = bool(kinds & _PAGE_BREAK)
             if page_break and wrap:
                 continue  # the run goes on: widths and indentation decide
             if page_break and run and not run[-1][1].endswith(_CLOSING):
@@ -949,6 +979,8 @@ def _count_removed(lines: list[_Line], removed: dict[str, RuleCount]) -> None:
     for line in lines:
         if line.kind == RULE:
             removed.setdefault("separator or page number", RuleCount()).add(line.body)
+        elif line.kind == HEADER:
+            removed.setdefault("running page header", RuleCount()).add(line.body)
         elif line.kind == AD:
             removed.setdefault("site notice or ad", RuleCount()).add(line.body)
 
