@@ -42,7 +42,8 @@ RESULT_COLUMNS = (
     "seconds",
     "chars",
     "sample_copy_rate",
-    "sample_bigram_loss",
+    "sample_bigram_loss",  # the samples' loss under the train split's bigram model ...
+    "val_bigram_loss",  # ... beside real validation text's: far above it, the samples are soup
 )
 TEMPERATURES = ("0.5", "0.8", "1.0")  # samples/final_T<t>.txt of every finished run
 SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig)) + ("corpus",)
@@ -135,6 +136,7 @@ def _row(run, setting: dict, history: dict, varied: list[str]) -> dict[str, Any]
         "chars": int(chars) if chars is not None else None,
         "sample_copy_rate": metrics.get("sample_copy_rate"),
         "sample_bigram_loss": metrics.get("sample_bigram_loss"),
+        "val_bigram_loss": metrics.get("val_bigram_loss"),
         "reason": run.data.tags.get("failure", ""),
         "run_id": run.info.run_id,
     }
@@ -190,6 +192,7 @@ SHORT_HEADERS = {
     "chars_per_sec": "chars/s",
     "sample_copy_rate": "copy",
     "sample_bigram_loss": "bigram",
+    "val_bigram_loss": "val_bigram",
 }
 
 
