@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 from dataclasses import dataclass, field
 
 from cleaners.encoding import decode_bytes
@@ -51,20 +52,49 @@ _LINK = re.compile(
 _TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.DOTALL | re.IGNORECASE)
 
 _SPACE = re.compile(r"\s+")  # \s includes NBSP, U+3000 and other Unicode spaces
-_INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\ufeff"))  # soft hyphen, zero-width chars
+# Soft hyphen, zero-width characters, and control characters that are not whitespace
+# (whitespace ones, \x1c-\x1f included, become a space): a stray byte or a reference such
+# as &#1; carries no text.
+_INVISIBLE = dict.fromkeys(
+    [*map(ord, "\u00ad\u200b\ufeff"), *range(0x00, 0x09), *range(0x0E, 0x1C), 0x7F]
+    + [*range(0x80, 0x85), *range(0x86, 0xA0)]
+)
+# "&amp;ndash;", "&amp;amp;#146;": a page escaped twice (or more) by its editor; the text
+# meant the entity, so the extra "&amp;"s go before unescaping.
+_ESCAPED_AGAIN = re.compile(
+    r"&amp;(?:amp;)*(?=(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});)",
+    re.IGNORECASE,
+)
 
 _SCENE = re.compile(r"^[\[(]\s*scene\b\s*[:;,]?\s*(?P<body>.*?)\s*[\])]?$", re.IGNORECASE)
 _SPEAKER = re.compile(
     r"^(?P<name>[^\W\d_][\w.'’&,/#\- ]{0,48}?)\s*"
     r"(?P<aside>[\[(][^\[\]()]{1,120}[\])])?\s*:[\s:]*(?P<text>.*)$"
 )
-_CREDIT = re.compile(
-    r"^(?P<role>(?:[\w'’&]+\s+){0,7}?(?:by|from|(?:teleplay|story|aired)(?:\s+by)?))\b\s*:?\s*(?P<who>.*)$",
-    re.IGNORECASE,
-)
+# Where a credit's role can end: "Written by", "With Help From", "Teleplay", "Aired".
+_CREDIT_END = re.compile(r"\b(?:by|from)\b|\b(?:teleplay|story|aired)\b(?!\s+by\b)", re.I)
+_CREDIT_ROLE = re.compile(r"[\w'’&.,/ -]{1,80}")  # words only: no colon, no sentence
 _CREDIT_WORDS = re.compile(
     r"writ|transcri|trascri|teleplay|story|direct|produc|html|adjust|addition|check|help|"
-    r"correct|compil|host|aired",
+    r"correct|compil|host|aired|edit|proofread|spell|format|typed|script",
+    re.IGNORECASE,
+)
+# At the head of a script only: a role noun and a colon ("Teleplay:", "Transcriber:"),
+# and dedications ("Dedicated to the great work of ...").
+_HEAD_ROLE = re.compile(
+    r"^(?P<role>(?:[\w'’&]+\s+){0,3}(?:writers?|transcri\w*|directors?|producers?|teleplay|"
+    r"story|script|credits?|editors?|proofread\w*|html\w*|thanks))\s*:\s*(?P<who>.+)$",
+    re.IGNORECASE,
+)
+# Right after another credit at the head: "<several words>: <names>", such as "Russian to
+# Roman alphabet: Gabriela Horber" (a speaker's name is one or two capitalised words).
+_NEXT_CREDIT = re.compile(
+    r"^(?P<role>(?=[^:]*\b[a-z]{3,}\b)[\w'’&.,/ -]{3,60}?)\s*:\s*"
+    r"(?P<who>[A-Z][\w.'’-]*(?:(?:\s+|\s*(?:,|&|\band\b)\s*)[A-Z][\w.'’-]*)*\.?)$"
+)
+_DEDICATION = re.compile(
+    r"^(?P<role>dedicated\s+to|in\s+(?:loving\s+)?memory\s+of|"
+    r"(?:special\s+|many\s+)?thanks\s+(?:go(?:es)?\s+)?to)\b\s*:?\s*(?P<who>.+)$",
     re.IGNORECASE,
 )
 # Labels shaped like a speaker that are not one.
@@ -108,7 +138,7 @@ def _second_speaker(page: str, pos: int, before: list[str]) -> bool:
     "<b>Chandler and </b><b>Joey:</b>" is one name in two tags."""
     if not _BOLD_SPEAKER.match(page, pos):
         return False
-    return html.unescape("".join(before)).rstrip().endswith(_SENTENCE_END)
+    return unescape("".join(before)).rstrip().endswith(_SENTENCE_END)
 
 
 def _read_blocks(page: str) -> tuple[list[_Block], str]:
@@ -120,7 +150,7 @@ def _read_blocks(page: str) -> tuple[list[_Block], str]:
     gap: list[str] = []  # block tags seen since the last non-empty block
 
     def flush() -> None:
-        text = normalise_space(html.unescape("".join(buf)))
+        text = normalise_space(unescape("".join(buf)))
         buf.clear()
         if text:
             blocks.append(_Block(text, gap == ["br"]))
@@ -137,12 +167,20 @@ def _read_blocks(page: str) -> tuple[list[_Block], str]:
             gap.append(tag)
     buf.append(page[pos:])
     flush()
-    return blocks, normalise_space(html.unescape(title[1])) if title else ""
+    return blocks, normalise_space(unescape(title[1])) if title else ""
+
+
+def unescape(text: str) -> str:
+    """Character references -> characters, whether escaped once or more than once."""
+    if "&" not in text:
+        return text
+    return html.unescape(_ESCAPED_AGAIN.sub("&", text))
 
 
 def normalise_space(text: str) -> str:
     """NBSP, tabs, newlines (CRLF too) and runs of spaces -> one space; invisible chars gone."""
-    return _SPACE.sub(" ", text.translate(_INVISIBLE)).strip()
+    text = _SPACE.sub(" ", text.translate(_INVISIBLE)).strip()
+    return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def speaker_name(name: str, codes: dict[str, str] | None = None) -> str:
@@ -182,13 +220,30 @@ def _as_speaker_line(text: str, codes: dict[str, str]) -> str | None:
     return f"{speaker_name(name, codes)}: {said}".rstrip()
 
 
-def _as_credit(text: str) -> tuple[str, str] | None:
+def _as_credit(text: str, head: bool = False, after: bool = False) -> tuple[str, str] | None:
+    """(role, who) if `text` credits someone: "Written by: A & B", "With Scenes Taken From
+    Episodes Transcribed by: C" (the role is the shortest one that names a credit). At
+    the `head` of a script, before its first line, any "<words> by: who", "<role noun>:
+    who" and dedications count too, whatever their wording, and `after` another credit
+    there, "<words>: <names>"."""
     if text[:1] in "[({":
         return None
-    m = _CREDIT.match(text)
-    if not m or not _CREDIT_WORDS.search(m["role"]):
-        return None
-    return normalise_space(m["role"]), m["who"].strip()
+    for m in _CREDIT_END.finditer(text, 0, 120):
+        role = text[: m.end()]
+        if not _CREDIT_ROLE.fullmatch(role) or len(role.split()) > 9:
+            break
+        rest = text[m.end() :]
+        colon = rest.lstrip().startswith(":")
+        if _CREDIT_WORDS.search(role) or (head and colon and m[0].lower() == "by"):
+            return normalise_space(role), rest.strip().removeprefix(":").strip()
+    if head:
+        m = _HEAD_ROLE.match(text) or _DEDICATION.match(text)
+        if m is None and after:
+            m = _NEXT_CREDIT.match(text)
+            m = m if m and len(m["role"].split()) >= 2 else None
+        if m:
+            return normalise_space(m["role"]), m["who"].strip()
+    return None
 
 
 def _scene_line(text: str) -> str | None:
@@ -227,17 +282,19 @@ def parse_episode(page: str) -> Episode:
     lines: list[str] = []
     in_header = True  # before the first scene, stage direction or utterance
     last_was_utterance = False
+    after_credit = False  # the block before was a credit
     taken: set[int] = set()  # blocks already used as the name in a credit
     for i, block in enumerate(blocks):
         if i in taken:
             continue
         # The story behind each line: angle-bracketed asides (from &lt; &gt;) are directions.
         text = re.sub(r"<\s*([^<>]*?)\s*>", r"(\1)", block.text)
-        credit = _as_credit(text)
+        credit = _as_credit(text, in_header, after_credit)
+        after_credit = credit is not None
         if credit:
             role, who = credit
             nxt = blocks[i + 1] if i + 1 < len(blocks) else None
-            if not who and nxt is not None and nxt.soft and not _as_credit(nxt.text):
+            if not who and nxt is not None and nxt.soft and not _as_credit(nxt.text, in_header):
                 who = nxt.text  # "Final check by<br>Kim"
                 taken.add(i + 1)
             if role.lower().startswith("aired"):
@@ -291,8 +348,8 @@ def index_entries(data: bytes) -> list[IndexEntry]:
     """The episode links of the transcripts' index.html, in its order (the episode order)."""
     entries = []
     for m in _LINK.finditer(decode_bytes(data)):
-        href = html.unescape(next(g for g in m.group(1, 2, 3) if g is not None)).strip()
-        label = normalise_space(html.unescape(_MARKUP.sub("", m["label"])))
+        href = unescape(next(g for g in m.group(1, 2, 3) if g is not None)).strip()
+        label = normalise_space(unescape(_MARKUP.sub("", m["label"])))
         numbered = _INDEX_LABEL.match(label)
         number, title = numbered.group("number", "title") if numbered else (None, label)
         entries.append(IndexEntry(href, number, title))

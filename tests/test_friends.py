@@ -167,6 +167,39 @@ def test_credits_move_to_metadata(friends):
             )
 
 
+CREDIT_LINE = re.compile(
+    r"^[^:\[({]{0,80}\b(?:by|from)\s*:|\b(?:written|transcribed|teleplay|story|directed|produced|"
+    r"adjustments|additions|htmled)\s+by\b|^(?:dedicated to|special thanks)\b",
+    re.IGNORECASE,
+)
+
+
+def head_of(lines: list[str]) -> list[str]:
+    """The lines of a script before its first scene, stage direction or utterance."""
+    head = []
+    for line in lines[1:]:
+        if line[:1] in "[(" or re.match(r"^[^:]{1,40}: ", line):
+            break
+        head.append(line)
+    return head
+
+
+def test_no_credit_block_left_at_the_head_of_any_script(friends):
+    """Credits in any wording ("With Scenes Taken From Episodes Transcribed by: …",
+    "Dutch Phrases by: …", "Russian to Roman alphabet: …", dedications) go to metadata."""
+    for episode, lines in friends["episodes"].items():
+        for line in head_of(lines):
+            assert not CREDIT_LINE.search(line), (episode, line)
+        for line in lines:
+            assert not re.search(r"\b(?:written|transcribed|teleplay) by\b", line, re.I), line
+    credits = {e: [c["role"] for c in m["credits"]] for e, m in friends["meta"].items()}
+    assert "With Scenes Taken From Episodes Transcribed by" in credits["0620"]
+    assert credits["0906"][-2:] == ["Russian to Roman alphabet", "Dedicated to"]
+    assert "Dutch Phrases by" in credits["0807"]
+    # a description at the head is the script's, not a credit
+    assert head_of(friends["episodes"]["07outtakes"])[0].startswith("This is a special out takes")
+
+
 def test_no_markup_entities_or_mojibake_left(friends):
     corpus = friends["corpus"]
     assert not re.search(r"<[a-zA-Z/!][^>]*>", corpus)
@@ -232,6 +265,72 @@ def test_title_credits_and_bytes():
     assert episode.title == "The One With The Thing"
     assert episode.credits == [("Written by", "A & B"), ("Transcribed by", "C")]
     assert episode.text == "The One With The Thing\n[Scene: Café]\nJoey: It’s ’fine’…"
+
+
+CREDIT_WORDINGS = {
+    "Written by: A & B": ("Written by", "A & B"),
+    "Story by C": ("Story by", "C"),
+    "Teleplay: D": ("Teleplay", "D"),
+    "With Scenes Taken From Episodes Transcribed by: E, F, and Me.": (
+        "With Scenes Taken From Episodes Transcribed by",
+        "E, F, and Me.",
+    ),
+    "Dutch Phrases by: Kenny": ("Dutch Phrases by", "Kenny"),
+    "Spell-checked and formatted by G": ("Spell-checked and formatted by", "G"),
+    "Transcriber: H": ("Transcriber", "H"),
+    "Dedicated to the memory of I": ("Dedicated to", "the memory of I"),
+    "Special thanks to J and K": ("Special thanks to", "J and K"),
+}
+
+
+@pytest.mark.parametrize("line", CREDIT_WORDINGS)
+def test_credits_in_any_wording_at_the_head(line):
+    page = (
+        f"<h1>The One With The Test</h1><p>Written by: Z<br>{line}</p><hr>"
+        "<p>[Scene: Central Perk.]</p><p><b>Ross:</b> Hi. Written by hand, this.</p>"
+    )
+    episode = parse_episode(page)
+    assert episode.credits == [("Written by", "Z"), CREDIT_WORDINGS[line]]
+    assert episode.lines == ["[Scene: Central Perk.]", "Ross: Hi. Written by hand, this."]
+
+
+def test_credit_words_in_the_script_stay_script():
+    """Past the head, only a plain credit ("Transcribed by X") is taken out: a speaker
+    named like a role, or a line with "by" in it, is the script's."""
+    page = (
+        "<h1>T</h1><p>[Scene: A set.]</p><p>Director: Cut! Thanks to you, we're late.</p>"
+        "<p>Dedicated to the People of New York City</p><p>Transcribed by: Q</p>"
+    )
+    episode = parse_episode(page)
+    assert episode.lines == [
+        "[Scene: A set.]",
+        "Director: Cut! Thanks to you, we're late.",
+        "Dedicated to the People of New York City",  # the show's own end card
+    ]
+    assert episode.credits == [("Transcribed by", "Q")]
+
+
+ENTITIES = {
+    "&ndash;": "–",
+    "&amp;ndash;": "–",
+    "&amp;amp;ndash;": "–",
+    "&#146;": "’",
+    "&amp;#146;": "’",
+    "&amp;#x2014;": "—",
+    "&amp;eacute;": "é",
+    "S&amp;M": "S&M",
+    "M&amp;Ms": "M&Ms",
+    "&amp;": "&",
+    "&lt;laughs&gt;": "(laughs)",
+    "&amp;lt;laughs&amp;gt;": "(laughs)",
+    "a&#1;b\x02c&#xfeff;d": "abcd",
+}
+
+
+@pytest.mark.parametrize("entity", ENTITIES)
+def test_entities_escaped_once_or_twice(entity):
+    page = f"<h1>T</h1><p>[Scene: X]</p><p><b>Joey:</b> 1{entity}2</p>"
+    assert parse_episode(page).lines[-1] == f"Joey: 1{ENTITIES[entity]}2"
 
 
 def test_speaker_names():
