@@ -191,11 +191,18 @@ class Sweep:
     out_root: str  # checkpoints/<corpus>/sweeps/<name>/
     tags: dict[str, str] = field(default_factory=dict)  # the user's, on every run
 
+    def label(self, cfg: TrainConfig) -> str:
+        """What sets `cfg` apart: the varied settings, and any other in which it differs
+        from the grid (a configuration decided on the fly, e.g. a search's trial)."""
+        common, params = self.configs[0].to_params(), cfg.to_params()
+        own = [k for k in params if k not in self.varied and params[k] != common[k]]
+        return child_label(cfg, [*self.varied, *own])
+
     def child_dir(self, index: int, cfg: TrainConfig) -> Path:
-        return Path(self.out_root) / f"{index:02d}-{_slug(child_label(cfg, self.varied))}"
+        return Path(self.out_root) / f"{index:02d}-{_slug(self.label(cfg))}"
 
     def child_run_name(self, cfg: TrainConfig) -> str:
-        return f"{self.corpus}-{child_label(cfg, self.varied)}"
+        return f"{self.corpus}-{self.label(cfg)}"
 
     @property
     def url(self) -> str:
@@ -588,6 +595,8 @@ def _child_in_worker(sweep: Sweep, index: int) -> ChildResult:
         contextlib.redirect_stderr(out),
     ):
         result = run_child(sweep, index)
+        if result.status == "FAILED":  # the log says why, beside any traceback above
+            print(f"failed: {result.reason}")
     if result.run_id:
         _attach_log(result.run_id, log_path)
     return result
