@@ -155,9 +155,16 @@ def sample(
         from training.pyfunc import download_checkpoint  # MLflow loads only when asked for
 
         checkpoint = download_checkpoint(model_uri)
-    model, vocab = load_sampler(checkpoint, device)
+    model, vocab, start = load_sampler(checkpoint, device)
     chars = generate(
-        model, vocab, length=length, prime=prime, temperature=temperature, top_k=top_k, seed=seed
+        model,
+        vocab,
+        length=length,
+        prime=prime,
+        temperature=temperature,
+        top_k=top_k,
+        seed=seed,
+        start=start,
     )
     first = next(chars, "")  # an unknown prime character fails here, before any output
     out = sys.stdout

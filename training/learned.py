@@ -8,12 +8,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
-
 from training.bigram import BigramModel
 from training.cells import cell_report
 from training.copy_rate import sample_copy_rate
-from training.models import CharModel
+from training.run import Run
 from training.sample import generate
 
 FINAL_TEMPERATURES = (0.5, 0.8, 1.0)
@@ -28,38 +26,27 @@ class Learned:
     cells_html: str
 
 
-def bigram_check(
-    samples: list[str], vocab: list[str], train_ids: np.ndarray, val_ids: np.ndarray
-) -> dict[str, float]:
-    """The samples' bigram loss beside real validation text's (as long as the samples)."""
-    bigrams = BigramModel(train_ids, len(vocab))
-    length = sum(len(s) for s in samples)
-    return {
-        "sample_bigram_loss": bigrams.texts_loss(samples, vocab),
-        "val_bigram_loss": bigrams.loss(val_ids[: length + 1]),
-    }
-
-
-def what_it_learned(
-    model: CharModel,
-    vocab: list[str],
-    train_ids: np.ndarray,
-    val_ids: np.ndarray,
-    *,
-    seed: int,
-    sample_chars: int = FINAL_SAMPLE_CHARS,
-) -> Learned:
+def what_it_learned(run: Run, sample_chars: int = FINAL_SAMPLE_CHARS) -> Learned:
+    """For the run's model as it stands (the caller loads the best weights)."""
+    vocab = run.data.vocab
     samples = {
-        t: "".join(generate(model, vocab, length=sample_chars, temperature=t, seed=seed))
+        t: "".join(
+            generate(
+                run.model, vocab, length=sample_chars, temperature=t, seed=run.cfg.seed,
+                start=run.sample_start,
+            )
+        )
         for t in FINAL_TEMPERATURES
-    }
+    }  # fmt: skip
     texts = list(samples.values())
+    bigrams = run.bigrams or BigramModel(run.data.split_ids("train"), len(vocab))
     metrics = {
-        "sample_copy_rate": sample_copy_rate(texts, train_ids, vocab),
-        **bigram_check(texts, vocab, train_ids, val_ids),
+        "sample_copy_rate": sample_copy_rate(texts, run.data.split_ids("train"), vocab),
+        "sample_bigram_loss": bigrams.texts_loss(texts, vocab),
+        "val_bigram_loss": bigrams.loss(run.val_ids),
     }
-    val_text = "".join(vocab[int(i)] for i in val_ids[:CELL_TEXT_CHARS])
-    return Learned(samples, metrics, cell_report(model, vocab, val_text))
+    val_text = "".join(vocab[int(i)] for i in run.val_ids[:CELL_TEXT_CHARS])
+    return Learned(samples, metrics, cell_report(run.model, vocab, val_text))
 
 
 def log_learned(tracker, learned: Learned, step: int) -> None:

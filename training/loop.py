@@ -207,9 +207,17 @@ def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_
         s.bad_evals += 1
     sample = ""
     if cfg.sample_chars:  # its own generator: the training RNG stream is left untouched
-        sample = "".join(
-            generate(run.model, run.data.vocab, length=cfg.sample_chars, seed=cfg.seed)
+        chars = generate(
+            run.model,
+            run.data.vocab,
+            length=cfg.sample_chars,
+            seed=cfg.seed,
+            start=run.sample_start,
         )
+        sample = "".join(chars)
+        # Does the sample read like the corpus? Beside what real text scores (bigram.py).
+        row["sample_bigram_loss"] = run.bigrams.texts_loss([sample], run.data.vocab)
+        row["val_bigram_loss"] = run.val_bigram_loss
     asked_to_stop = bool(report.evaluation(row, sample, improved))
     payload = checkpoint_payload(run, carried)
     save_checkpoint(run.last_path, payload)

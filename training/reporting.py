@@ -12,6 +12,7 @@ from training.units import bits
 
 # The metrics every run logs at each evaluation, under these names (compare runs in the UI).
 EVAL_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "chars_per_sec")
+SAMPLE_METRICS = ("sample_bigram_loss", "val_bigram_loss")  # when the run samples
 
 
 class Reporter:
@@ -75,7 +76,13 @@ class Console(Reporter):
             f"{row['chars_per_sec']:,.0f} chars/s | {row['seconds']:.0f} s"
         )
         if sample:
-            self.log("  sample: " + sample[:120].replace("\n", " | "))
+            measured = ""
+            if "sample_bigram_loss" in row:
+                measured = (
+                    f" (bigram loss {row['sample_bigram_loss']:.2f}, "
+                    f"validation text {row['val_bigram_loss']:.2f})"
+                )
+            self.log(f"  sample{measured}: " + sample[:120].replace("\n", " | "))
 
     def close(self) -> None:
         if self.bar is not None:
@@ -90,7 +97,7 @@ class MLflowReporter(Reporter):
         self.tracker = tracker  # training.tracking.RunTracker; MLflow loads only when used
 
     def evaluation(self, row: dict, sample: str, improved: bool) -> None:
-        metrics = {k: row[k] for k in EVAL_METRICS}
+        metrics = {k: row[k] for k in (*EVAL_METRICS, *SAMPLE_METRICS) if k in row}
         metrics.update(train_bpc=bits(row["train_loss"]), val_bpc=bits(row["val_loss"]))
         self.tracker.log_metrics(metrics, step=row["step"])
         if sample:

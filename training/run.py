@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.nn.parallel import DistributedDataParallel
 
+from training.bigram import BigramModel
 from training.checkpoint import build_model, load_checkpoint, rng_state, set_rng_state
 from training.config import TrainConfig
 from training.data import Dataset
@@ -27,6 +28,7 @@ from training.models import (
     count_parameters,
     state_from_tensors,
 )
+from training.sample import Start, sample_context
 from training.streams import Streams, evaluate
 
 
@@ -66,6 +68,9 @@ class Run:
     autocast: object = nullcontext()
     carried: State | None = None  # recurrent state carried from one chunk to the next
     state: TrainState = field(default_factory=TrainState)
+    sample_start: Start = Start()  # samples read this text first (training/sample.py)
+    bigrams: BigramModel | None = None  # rank 0: the yardstick samples are measured with
+    val_bigram_loss: float = math.nan  # ... and what real validation text scores on it
 
     @property
     def param_count(self) -> int:
@@ -128,6 +133,11 @@ def build_run(
         last_path=out_dir / "last.pt",
         autocast=torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext(),
     )
+    train_ids = data.split_ids("train")
+    run.sample_start = Start(sample_context(train_ids, data.vocab))
+    if ranks.is_main:
+        run.bigrams = BigramModel(train_ids, len(data.vocab))
+        run.val_bigram_loss = run.bigrams.loss(run.val_ids)
     seed_rank(run)
     return run
 
@@ -156,6 +166,7 @@ def checkpoint_payload(run: Run, carried: list[torch.Tensor] | None) -> dict:
         "optimizer": run.opt.state_dict(),
         "config": run.cfg.to_params(),
         "vocab": run.data.vocab,
+        "sample_context": run.sample_start.context,
         "corpus": run.corpus,
         "corpus_digest": run.data.digest,
         "state": carried,

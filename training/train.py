@@ -200,9 +200,7 @@ def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
 
     s = run.state
     load_best(run)
-    learned = what_it_learned(
-        run.model, run.data.vocab, run.data.split_ids("train"), run.val_ids, seed=run.cfg.seed
-    )
+    learned = what_it_learned(run)
     log_learned(tracker, learned, s.step)
     report.log(
         f"samples: copy rate {learned.metrics['sample_copy_rate']:.2f}, bigram loss "
@@ -211,6 +209,10 @@ def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
     )
     if not math.isnan(test_loss):
         tracker.log_metrics({"test_loss": test_loss, "test_bpc": bits(test_loss)}, step=s.step)
+    from training.symbols import log_symbol_report  # a corpus of symbols: against counting
+
+    if summary := log_symbol_report(tracker, run):
+        report.log(summary)
     tracker.log_loss_curve(
         [{k: r[k] for k in ("step", "train_loss", "val_loss")} for r in s.history]
     )
