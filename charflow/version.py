@@ -34,3 +34,8 @@ def code_version() -> str:
         return version("charflow")
     except PackageNotFoundError:
         return "unknown"
+
+
+def git_commit() -> str | None:
+    """The full sha of the checkout's HEAD (MLflow's `mlflow.source.git.commit`), if any."""
+    return _git("rev-parse", "HEAD")

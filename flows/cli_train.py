@@ -146,7 +146,7 @@ def sample(
     device: str = typer.Option("auto", help="auto, cpu, cuda, cuda:N or mps"),
 ) -> None:
     """Stream sampled text to stdout, one character at a time."""
-    from training.sample import check_sampling, generate, load_sampler
+    from training.sample import check_sampling, generate, load_sampler, visible_breaks
 
     check_sampling(length, temperature, top_k)
     if (checkpoint is None) == (model_uri is None):
@@ -169,10 +169,10 @@ def sample(
     first = next(chars, "")  # an unknown prime character fails here, before any output
     out = sys.stdout
     try:
-        out.write(prime + first)
+        out.write(prime + visible_breaks(first))
         out.flush()
         for ch in chars:
-            out.write(ch)
+            out.write(visible_breaks(ch))  # a document boundary as a line people see
             out.flush()
         out.write("\n")
         out.flush()

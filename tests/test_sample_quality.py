@@ -97,3 +97,10 @@ def test_an_empty_start_is_a_newline_from_zeros(trained):
     a = "".join(generate(net, vocab, length=50, seed=1, start=Start()))
     b = "".join(generate(net, vocab, length=50, seed=1, prime="\n"))
     assert a == b
+
+
+def test_document_breaks_are_visible():
+    from training.sample import DOCUMENT_BREAK, visible_breaks
+
+    assert visible_breaks("end.\n\x1e\nNext") == f"end.{DOCUMENT_BREAK}Next"
+    assert "\x1e" not in visible_breaks("a\x1eb") and "next document" in visible_breaks("\x1e")

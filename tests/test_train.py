@@ -161,6 +161,8 @@ def test_tracked_run_is_in_mlflow_and_samples_from_the_model_uri(
     run = client.get_run(result.run_id)
     p = run.data.params
     assert p["hidden_size"] == "32" and p["corpus"] == "shk" and p["world_size"] == "1"
+    assert p["bf16"] == "False" and p["max_seconds"] == "None"  # as used on a CPU
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     assert int(p["param_count"]) > 0 and len(p["corpus_digest"]) == 64
     assert {"val_loss", "val_bpc", "train_loss", "lr", "grad_norm", "chars_per_sec"} <= set(
         run.data.metrics

@@ -60,7 +60,14 @@ class TrainConfig:
     bf16: bool = True  # autocast to bfloat16 on CUDA only
 
     def to_params(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """The fields, a float setting always as a float (60 and 60.0 would log as two
+        different MLflow params of runs with the same budget)."""
+        params = dataclasses.asdict(self)
+        for f in dataclasses.fields(self):
+            value = params[f.name]
+            if "float" in str(f.type) and isinstance(value, int) and not isinstance(value, bool):
+                params[f.name] = float(value)
+        return params
 
     def replace(self, **overrides: Any) -> TrainConfig:
         unknown = set(overrides) - {f.name for f in dataclasses.fields(self)}

@@ -12,7 +12,7 @@ from training.bigram import BigramModel
 from training.cells import cell_report
 from training.copy_rate import sample_copy_rate
 from training.run import Run
-from training.sample import generate
+from training.sample import generate, visible_breaks
 
 FINAL_TEMPERATURES = (0.5, 0.8, 1.0)
 FINAL_SAMPLE_CHARS = 600
@@ -52,6 +52,6 @@ def what_it_learned(run: Run, sample_chars: int = FINAL_SAMPLE_CHARS) -> Learned
 def log_learned(tracker, learned: Learned, step: int) -> None:
     """samples/final_T0.5.txt …, the metrics, cells/cells.html into the run."""
     for temperature, text in learned.samples.items():
-        tracker.log_text(text, f"samples/final_T{temperature}.txt")
+        tracker.log_text(visible_breaks(text), f"samples/final_T{temperature}.txt")
     tracker.log_metrics(learned.metrics, step=step)
     tracker.log_text(learned.cells_html, "cells/cells.html")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+from training.sample import visible_breaks
 from training.units import bits
 
 # The metrics every run logs at each evaluation, under these names (compare runs in the UI).
@@ -82,7 +83,8 @@ class Console(Reporter):
                     f" (bigram loss {row['sample_bigram_loss']:.2f}, "
                     f"validation text {row['val_bigram_loss']:.2f})"
                 )
-            self.log(f"  sample{measured}: " + sample[:120].replace("\n", " | "))
+            shown = visible_breaks(sample[:120]).replace("\n", " | ")
+            self.log(f"  sample{measured}: {shown}")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -101,4 +103,4 @@ class MLflowReporter(Reporter):
         metrics.update(train_bpc=bits(row["train_loss"]), val_bpc=bits(row["val_loss"]))
         self.tracker.log_metrics(metrics, step=row["step"])
         if sample:
-            self.tracker.log_sample(row["step"], sample)
+            self.tracker.log_sample(row["step"], visible_breaks(sample))

@@ -65,6 +65,7 @@ class Run:
     test_ids: np.ndarray
     best_path: Path
     last_path: Path
+    bf16: bool = False  # autocast actually on (cfg.bf16 asks for it; only CUDA has it)
     autocast: object = nullcontext()
     carried: State | None = None  # recurrent state carried from one chunk to the next
     state: TrainState = field(default_factory=TrainState)
@@ -131,6 +132,7 @@ def build_run(
         test_ids=data.split_ids("test"),
         best_path=out_dir / "best.pt",
         last_path=out_dir / "last.pt",
+        bf16=on_gpu,
         autocast=torch.autocast("cuda", dtype=torch.bfloat16) if on_gpu else nullcontext(),
     )
     train_ids = data.split_ids("train")

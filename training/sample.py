@@ -28,6 +28,13 @@ CONTEXT_CHARS = 256  # a vanilla RNN needs ~32 characters to recover from a zero
 # What every document of a corpus folder follows: the tail of its separator "\n\x1e\n".
 DOC_START = "\x1e\n"
 CONTEXT_SEARCH_CHARS = 1 << 16
+# How a document boundary inside a sample is shown to people (the raw U+001E is invisible).
+DOCUMENT_BREAK = "\n──── next document ────\n"
+
+
+def visible_breaks(text: str) -> str:
+    """`text` with each document separator drawn as a line a reader sees."""
+    return text.replace("\n\x1e\n", DOCUMENT_BREAK).replace("\x1e", DOCUMENT_BREAK)
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from charflow.version import code_version
+from charflow.version import code_version, git_commit
 from training import distributed
 from training.checkpoint import load_resumable
 from training.config import TrainConfig
@@ -112,7 +112,7 @@ def train(
                 RunTracker(
                     corpus,
                     run_name or default_run_name(corpus, cfg),
-                    tags=run_tags,
+                    tags={**source_tags(), **(run_tags or {})},
                     run_id=run.state.run_id,
                 )
             )
@@ -159,6 +159,13 @@ def train(
     )
 
 
+def source_tags() -> dict[str, str]:
+    """The commit that ran, under MLflow's own tag: MLflow finds it only when the entry
+    script lies in the checkout, and `charflow` is a console script in the venv."""
+    commit = git_commit()
+    return {"mlflow.source.git.commit": commit} if commit else {}
+
+
 def _describe(run: Run) -> str:
     cfg, data = run.cfg, run.data
     return (
@@ -174,6 +181,7 @@ def _log_run_inputs(tracker, run: Run) -> None:
     tracker.log_params(
         {
             **cfg.to_params(),
+            "bf16": run.bf16,  # as used, not as asked: a CPU run has no bf16 autocast
             "corpus": run.corpus,
             "corpus_digest": data.digest,
             "vocab_size": len(data.vocab),
@@ -211,7 +219,7 @@ def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
         tracker.log_metrics({"test_loss": test_loss, "test_bpc": bits(test_loss)}, step=s.step)
     from training.symbols import log_symbol_report  # a corpus of symbols: against counting
 
-    if summary := log_symbol_report(tracker, run):
+    if summary := log_symbol_report(tracker, run, learned.samples):
         report.log(summary)
     tracker.log_loss_curve(
         [{k: r[k] for k in ("step", "train_loss", "val_loss")} for r in s.history]
