@@ -908,10 +908,8 @@ def _one_chapter(novel: Novel, lines: list[_Line], number: int, wrap, normal_ind
     first = body[0] if len(body) > 1 and len(body[0]) <= _MAX_HEADING_CHARS else ""
     text = unicodedata.normalize("NFC", "\n".join(body))
     novel.chapters.append(Chapter(number, first, first, text, count_pua(text)))
-    content = [x for x in lines if x.kind == TEXT]
-    if content:
-        a, b = _span(content)
-        novel.sections.append(Section("chapter", first, a, b, len(text), True))
+    a, b = _span([x for x in lines if x.kind != BLANK])  # body is not empty: neither is this
+    novel.sections.append(Section("chapter", first, a, b, len(text), True))
 
 
 _EXTRAS = frozenset({"preface", "appendix", "afterword", "contents"})

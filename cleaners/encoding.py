@@ -47,7 +47,10 @@ def decode_bytes(data: bytes) -> str:
     if data.startswith(codecs.BOM_UTF8):
         data = data[len(codecs.BOM_UTF8) :]
     elif data.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
-        return unicodedata.normalize("NFC", data.decode("utf-16"))
+        try:
+            return unicodedata.normalize("NFC", data.decode("utf-16").translate(C1_TO_CP1252))
+        except UnicodeDecodeError:
+            pass  # cut short or not UTF-16 after all ("þÿ" opening a cp1252 page): read on
     text = data.decode("utf-8", errors=ERROR_HANDLER).translate(C1_TO_CP1252)
     return unicodedata.normalize("NFC", text)
 

@@ -10,12 +10,13 @@ startup? Get funded by Y Combinator.") inside the essay font; it is site furnitu
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 
 from bs4 import BeautifulSoup, Tag
 
 from cleaners.encoding import decode_bytes
-from cleaners.html_text import WHITESPACE, escape_raw_text, html_to_text
+from cleaners.html_text import INVISIBLE, WHITESPACE, escape_raw_text, html_to_text
 
 MONTHS = (  # noqa: SIM905
     "January February March April May June July August September October November December"
@@ -72,11 +73,16 @@ def parse_essay(data: bytes | str) -> Essay:
     while paragraphs and FURNITURE.fullmatch(paragraphs[-1].strip()):
         paragraphs.pop()
     text = "\n\n".join(paragraphs)
-    title = WHITESPACE.sub(" ", soup.title.get_text()).strip() if soup.title else ""
+    title = _one_line(soup.title.get_text()) if soup.title else ""
     if not title and body.parent is not None:
         image = body.parent.find("img", alt=True)  # the title image in the same cell
-        title = WHITESPACE.sub(" ", image["alt"]).strip() if image else ""
+        title = _one_line(image["alt"]) if image else ""
     return Essay(title=title or None, date=essay_date(text), text=text)
+
+
+def _one_line(text: str) -> str:
+    text = WHITESPACE.sub(" ", str(text).translate(INVISIBLE)).strip()
+    return unicodedata.normalize("NFC", text)
 
 
 def index_links(data: bytes | str) -> list[str]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import html
 import re
+import unicodedata
 
 from bs4 import NavigableString, Tag
 from bs4.element import PreformattedString
@@ -31,7 +32,13 @@ SKIP_TAGS = frozenset(
 )
 VERBATIM_TAGS = frozenset({"pre", "listing", "plaintext"})
 WHITESPACE = re.compile(r"[ \t\r\n\f\u00a0]+")
-INVISIBLE = dict.fromkeys(map(ord, "\u00ad\u200b\ufeff"))  # soft hyphen, zero width, BOM
+# Soft hyphen, zero width space, BOM, and the control characters other than the
+# whitespace ones (those collapse to spaces, or stay in <pre>): a stray control byte or a
+# reference such as &#1; carries no text, and U+001E is the corpus's document separator.
+INVISIBLE = dict.fromkeys(
+    [*map(ord, "\u00ad\u200b\ufeff"), *range(0x00, 0x09), 0x0B, *range(0x0E, 0x20)]
+    + [*range(0x7F, 0xA0)]
+)
 XMP = re.compile(r"<xmp\b[^>]*>(.*?)</xmp\s*>", re.IGNORECASE | re.DOTALL)
 
 
@@ -90,11 +97,14 @@ class TextBuilder:
 
     def result(self) -> str:
         lines = "".join(self.parts).split("\n")
-        return "\n".join(line.rstrip(" ") for line in lines).strip("\n")
+        text = "\n".join(line.rstrip(" ") for line in lines).strip("\n")
+        # References (e&#769;) can spell a character decomposed: the text is NFC anyway.
+        return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
 def _verbatim(tag: Tag) -> str:
     text = tag.get_text().translate(INVISIBLE).replace("\r\n", "\n").replace("\r", "\n")
+    text = text.replace("\f", "\n")  # a page break in a listing
     text = text.removeprefix("\n")  # HTML drops one newline right after <pre>
     return "\n".join(line.rstrip() for line in text.rstrip().split("\n"))
 

@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 from cleaners.gosource import (
     EXCLUDED_DIRS,
+    control_character,
     document_text,
     generated_by_header,
     generated_by_name,
@@ -292,6 +293,9 @@ def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
         return
     if not is_nfc(text):
         yield Skipped(item.source, NOT_NFC)
+        return
+    if (where := control_character(text)) is not None:  # would corrupt the corpus text
+        yield Skipped(item.source, f"control character in the text ({where}); not taken")
         return
     path = item.meta["path"]
     yield Document(
