@@ -209,7 +209,7 @@ _HAN = r"\u3400-\u4dbf\u4e00-\u9fff\uf900-\ufaff"
 # U+3000 is not, it separates verse lines and the halves of a heading.
 _CJK = _HAN + "\u3001-\u303f\uff01-\uff60“”‘’…—·"
 _STRAY_SPACE = re.compile(f"(?<=[{_CJK}])[ \xa0]+(?=[{_CJK}])")
-_CLOSING = tuple("。！？；：”’」』）》…!?;")
+_CLOSING = tuple("。．｡！？；：”’」』）》…!?;")
 _MAX_HEADING_CHARS = 60
 _MAX_AD_CHARS = 100
 _MAX_NOTICE_LINES = 15  # a site notice is a short block
@@ -232,7 +232,7 @@ _URL = re.compile(
 _AD_PHRASES = re.compile(
     # (the lookahead lets the search skip, in C, the positions no phrase starts at)
     r"(?=[本更请請电電tT下小书書免手最整校扫掃O收加网網转轉禁版侵购購支正仅僅商输輸录錄制製"
-    r"Qq微公无無欢歡记記])(?:"
+    r"Qq微公无無欢歡记記求未])(?:"
     r"本[书書](?:来|來)自|本[书書]由|更多.{0,24}(?:访问|訪問|尽在|盡在|关注|關注|登[录錄])|"
     r"[请請](?:访问|訪問)|[记記]住(?:本|[网網]址|域名)|[电電]子[书書]|txt|小[说說][网網]|"
     r"(?:[书書]|小[说說]|全集|免[费費]|精彩|好[书書]).{0,10}下[载載]|下[载載].{0,10}(?:[网網]|站)|"
@@ -242,7 +242,8 @@ _AD_PHRASES = re.compile(
     r"禁止[转轉][载載]|请勿[转轉][载載]|版[权權]|侵[权權]|(?:购买|購買|支持)正版|正版(?:订|訂|阅|閱)|"
     r"[仅僅]供(?:读|讀|学|學|交|参|參|研|试|試)|商[业業]用途|^(?:输入|輸入|录入|錄入|制作|製作)[:：]|"
     r"QQ[群号號:：]|微信(?:公|号|號|搜)|公[众眾][号號]|无弹窗|無彈窗|更新最快|"
-    r"[欢歡]迎(?:光[临臨]|[访訪]问|[访訪]問).{0,8}(?:[网網]|站|[书書]))",
+    r"[欢歡]迎(?:光[临臨]|[访訪]问|[访訪]問).{0,8}(?:[网網]|站|[书書])|"
+    r"求(?:收藏|推荐|推薦|月票|订阅|訂閱|打赏|打賞|票)|本章(?:完|结束|結束)|未完待[续續])",
     re.IGNORECASE,
 )
 
@@ -307,6 +308,16 @@ def _collapse_spaces(text: str) -> str:
     return _SPACE_RUN.sub(lambda m: "\u3000" if "\u3000" in m[0] else " ", text).strip()
 
 
+_HEADING_GAP = re.compile(f"(?<=[{_CJK}0-9])[ \t\u3000\xa0\u2002\u2003\u2009]+(?=[{_CJK}])")
+
+
+def _heading_spaces(text: str) -> str:
+    """Spaces between the parts of a Chinese heading are one U+3000, whatever the file
+    used ("第一回  甄士隐梦幻识通灵  贾雨村风尘怀闺秀" -> "第一回　甄士隐…　贾雨村…"), so
+    every book's headings read alike; spaces next to Latin text stay one space."""
+    return _collapse_spaces(_HEADING_GAP.sub("\u3000", text))
+
+
 def _clean_title(title: str) -> str:
     return _collapse_spaces(_LEADER.sub("", title)).strip(" :：、.．·—-")
 
@@ -330,17 +341,17 @@ def parse_heading(line: str) -> Heading | None:
                 number, unit = "上中下".index(m["side"]) + 1, m["sunit"]
         except ValueError:
             return None
-        title = _clean_title(m["title"] or "")
+        title = _heading_spaces(_clean_title(m["title"] or ""))
         level = "chapter" if unit in _CHAPTER_UNITS else "volume"
-        printed = _collapse_spaces(text[len(prefix) :])
+        printed = _heading_spaces(text[len(prefix) :])
         row = _HEADING_ANYWHERE.search(title) is not None
         return Heading(level, unit, number, title, printed, prefix, row)
     m = _SECTION.match(text)
     if m:
         word = re.sub(r"\s+", "", m["word"])
         prefix = m["prefix"] or ""
-        title = _clean_title(m["title"] or "")
-        printed = _collapse_spaces(text[len(prefix) :])
+        title = _heading_spaces(_clean_title(m["title"] or ""))
+        printed = _heading_spaces(text[len(prefix) :])
         return Heading("section", _SECTION_KIND[word], None, title, printed, prefix)
     return None
 

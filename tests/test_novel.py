@@ -249,6 +249,7 @@ HEADINGS = {
         ]
     ),
     "in brackets, colon": dict(heading=lambda n, a, b: [f"【第{cn(n)}回】：{a}　{b}"]),
+    "ASCII spaces, 正文 before it": dict(heading=lambda n, a, b: [f"正文 第{cn(n)}回  {a}  {b}"]),
 }
 
 
@@ -270,6 +271,9 @@ LAYOUTS = {
         between=["", "------------------", "＊＊＊＊＊", "", "====="]
     ),
     "page numbers between chapters": dict(between=["- 12 -", "", "第13页", "* * *", "————"]),
+    "site and author notes at chapter ends": dict(
+        between=["（本章完）", "", "（PS：新书上传，求收藏求推荐！）", "未完待续"]
+    ),
     "a rule cuts a sentence (one per line)": dict(split_with=["", "------------", ""]),
     "a page number cuts a sentence (wrapped)": dict(paragraph=wrap, split_with=["", "- 7 -", ""]),
     "an ad line cuts a sentence": dict(split_with=["本章节由小说网www.xs.cc首发"]),
