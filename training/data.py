@@ -82,6 +82,25 @@ def corpus_name(source: str | Path) -> str:
     return source.name if source.is_dir() else source.stem
 
 
+def corpus_manifest(source: str | Path) -> dict | None:
+    """A corpus folder's manifest.json (what the corpus declares about itself, such as a
+    symbol alphabet), or None for a plain text file or a folder without one.
+
+    A manifest that is there but unreadable is an error rather than None: silently
+    treating a symbol corpus as plain text would drop its metrics without a word.
+    """
+    path = Path(source) / "manifest.json"
+    if not Path(source).is_dir() or not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise TrainingError(f"{path} is not readable JSON ({type(err).__name__})") from None
+    if not isinstance(manifest, dict):
+        raise TrainingError(f"{path} is not a JSON object")
+    return manifest
+
+
 def default_cache_dir() -> Path:
     return charflow_home() / "data" / ".cache" / "encoded"
 
