@@ -218,6 +218,8 @@ _MAX_NOTICE_LINES = 15  # a site notice is a short block
 # ("12", "- 12 -", "第12页", "Page 12"), and form feeds.
 _RULE_LINE = re.compile(
     r"^(?:[-=*_~#·.。—－＝＊～※☆★◆◇○●■□+<>|\s]{3,}"
+    # a page marker of a PDF conversion: "----------- Page 12-----------"
+    r"|[-=*_~—－＝\s]{2,}(?:[Pp]age|第)?\s*\d{1,5}\s*(?:页|頁)?[-=*_~—－＝\s]{2,}"
     r"|[-—－(（\[【〔<]*\s*(?:第\s*)?\d{1,4}\s*(?:页|頁)?\s*[-—－)）\]】〕>]*"
     r"|[Pp]age\s*\d{1,4}(?:\s*/\s*\d+)?|\d{1,4}\s*/\s*\d{1,4}|\f)$"
 )
@@ -286,7 +288,7 @@ _PREFIX_HINT = re.compile(r"--|——|—|-|/|>|»|\||·|正文")
 # A couplet title on the line after a bare "第一回": two runs of 3-12 Han characters.
 _COUPLET = re.compile(rf"^(?P<a>[{_HAN}]{{3,12}})[\s\u3000]+(?P<b>[{_HAN}]{{3,12}})$")
 _TITLE_LINE = re.compile(r"^(?:书名|書名)[:：]\s*(?P<title>.+)$|^《(?P<quoted>[^》]{1,30})》")
-_AUTHOR = re.compile(r"(?:作者|著者)[:：]\s*(?P<author>[^\s,，。]{1,20})")
+_AUTHOR = re.compile(r"(?:作者|著者)\s*[:：;；]\s*(?P<author>[^\s,，。]{1,20})")
 _NAME_AUTHOR = re.compile(r"^(?P<title>[^\s(（]{1,20})\s*[(（](?P<author>[^)）]{1,12})[)）]$")
 # Control characters other than newline, tab and form feed; invisible format characters
 # that carry no text; U+FFFD marks a character lost before the file reached us.
@@ -514,7 +516,8 @@ def _mark_notice_blocks(lines: list[_Line]) -> None:
         short = all(len(x.body) <= _MAX_AD_CHARS for x in block)
         if short and len(block) <= _MAX_NOTICE_LINES and ads >= 2 and 2 * ads >= len(block):
             for x in block:
-                x.kind = AD
+                if not _names_the_book(x.body):  # "《水浒传》作者；施耐庵" above a notice
+                    x.kind = AD
         block.clear()
 
     for line in lines:
@@ -523,6 +526,10 @@ def _mark_notice_blocks(lines: list[_Line]) -> None:
         else:
             close()
     close()
+
+
+def _names_the_book(text: str) -> bool:
+    return bool(_TITLE_LINE.match(text) or _AUTHOR.search(text) or _NAME_AUTHOR.match(text))
 
 
 def _next_content(lines: list[_Line], i: int) -> int | None:
@@ -675,7 +682,9 @@ def _verse_lines(block: list[str]) -> list[str]:
     return [_collapse_spaces(v) for v in out]
 
 
-def _prose_lines(block: list[tuple[int, str, int, bool]], wrap: int | None) -> list[str]:
+def _prose_lines(
+    block: list[tuple[int, str, int, bool]], wrap: int | None, normal_indent: int = 1
+) -> list[str]:
     """Rejoin one run of consecutive prose lines, given as (indent, body, width, after a
     page break inside a sentence).
 
@@ -683,8 +692,9 @@ def _prose_lines(block: list[tuple[int, str, int, bool]], wrap: int | None) -> l
     was full: within a few columns of the run's typical width (the median, without the
     last line), since quoted documents are wrapped narrower than the rest. Where the run
     mixes indented and flush lines, an indented line always starts a new paragraph and a
-    flush line continues an unfinished sentence. A line after a page break continues an
-    unfinished sentence whatever the layout.
+    flush line continues an unfinished sentence (a line indented less than paragraphs are
+    counts as flush: a PDF conversion puts a space before a leading “). A line after a
+    page break continues an unfinished sentence whatever the layout.
     """
     widths = sorted(width for _, _, width, _ in block[:-1]) or [0]
     full = widths[len(widths) // 2] - 6
@@ -695,7 +705,7 @@ def _prose_lines(block: list[tuple[int, str, int, bool]], wrap: int | None) -> l
         if uniform:
             joins = prev_width >= full
         else:  # a flush line after an unfinished sentence was wrapped early, by hand
-            joins = bool(out) and indent == 0
+            joins = bool(out) and (indent == 0 or indent < normal_indent)
             joins = joins and (prev_width >= full or not out[-1].endswith(_CLOSING))
         if out and (resumes or (wrap and joins)):
             out[-1] = _join(out[-1], _prose(body))
@@ -716,7 +726,7 @@ def _paragraphs(lines: list[_Line], wrap: int | None, normal_indent: int) -> lis
 
     def flush() -> None:
         if run:
-            out.extend(_prose_lines(run, wrap))
+            out.extend(_prose_lines(run, wrap, normal_indent))
             run.clear()
         if verse:
             out.extend(_verse_lines(verse))
