@@ -299,3 +299,47 @@ def test_train_runs_are_named_by_what_they_are(
     assert f"/runs/{runs[1].info.run_id}?workflowType=machine_learning" in err
     code, _, err = charflow("train", text, *tiny, "--tag", "charflow.sweep=x")
     assert code == 1 and "tag 'charflow.sweep' is reserved" in err
+
+
+def test_ctrl_c_stops_every_child_and_starts_no_more(trainer_home, write_text, shakespeare_text):
+    """SIGINT to the command's process group, as a terminal sends it: both running children
+    save a checkpoint and end KILLED, no queued child starts, the parent ends KILLED."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    text = write_text("shakes.txt", shakespeare_text[:60_000])
+    command = [sys.executable, "-m", "flows.cli", "sweep", text, "--preset", "tiny"]
+    command += ["--max-seconds", "120", "--parallel", "2", "--run-name", "stopped"]
+    folder = trainer_home / "checkpoints" / "shakes" / "sweeps" / "stopped"
+    repo = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(
+        command,
+        cwd=repo,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,  # its own group, to signal it as a terminal would
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    try:
+        deadline = time.monotonic() + 240
+        while len(list(folder.glob("*/last.pt"))) < 2:  # both children are training
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read()
+            time.sleep(0.5)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=240)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130, err.decode()
+    assert "sweep stopped stopped (KeyboardInterrupt): parent run KILLED" in err.decode()
+    assert sorted(p.name for p in folder.iterdir()) == ["00-rnn1x32", "01-rnn3x32"]
+    client = mlflow_setup.mlflow_client()
+    exp = mlflow_setup.experiment_id(client, "shakes", client.tracking_uri)
+    runs = client.search_runs([exp], "tags.`charflow.sweep` = 'stopped'")
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        ("shakes-rnn1x32", "KILLED"),
+        ("shakes-rnn3x32", "KILLED"),
+        ("stopped", "KILLED"),
+    ]

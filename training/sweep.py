@@ -521,8 +521,10 @@ def run_sweep(
     )
     try:
         results = _run_children(sweep, plan, echo)
-    except BaseException:  # Ctrl-C or a crash of the pool: the parent must not stay RUNNING
-        _end_parent(sweep, "KILLED")
+    except BaseException as err:  # the parent must not stay RUNNING
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        _end_parent(sweep, status)
+        echo(f"sweep {sweep.name} stopped ({type(err).__name__}): parent run {status}")
         raise
     return finish_sweep(sweep, results)
 
@@ -550,23 +552,28 @@ def _run_children(sweep: Sweep, plan: WorkerPlan, echo) -> list[ChildResult]:
 
 
 def _run_in_processes(sweep: Sweep, plan: WorkerPlan, echo) -> list[ChildResult]:
+    """At most plan.parallel children handed out at a time: a pool queues what it is given,
+    and after Ctrl-C a queued child would still start."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
     context = multiprocessing.get_context("spawn")  # no forked torch or MLflow state
     slots = context.Queue()
     for slot in range(plan.parallel):  # each worker takes one slot: its GPU, if any
         slots.put(slot if plan.gpus else None)
-    results = []
+    waiting, running, results = list(range(len(sweep.configs))), set(), []
     with ProcessPoolExecutor(
         plan.parallel, mp_context=context, initializer=_init_worker, initargs=(slots, plan.threads)
     ) as pool:
-        futures = [pool.submit(_child_in_worker, sweep, i) for i in range(len(sweep.configs))]
         try:
-            for future in as_completed(futures):
-                results.append(future.result())
-                echo(describe_result(results[-1], len(results), len(futures)))
-        except BaseException:
+            while waiting or running:
+                while waiting and len(running) < plan.parallel:
+                    running.add(pool.submit(_child_in_worker, sweep, waiting.pop(0)))
+                done, running = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    results.append(future.result())
+                    echo(describe_result(results[-1], len(results), len(sweep.configs)))
+        except BaseException:  # Ctrl-C reached the workers too: they save and stop
             pool.shutdown(wait=True, cancel_futures=True)
             raise
     return results
