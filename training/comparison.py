@@ -45,9 +45,9 @@ RESULT_COLUMNS = (
     "sample_bigram_loss",  # the samples' loss under the train split's bigram model ...
     "val_bigram_loss",  # ... beside real validation text's: far above it, the samples are soup
 )
+ARCH_KEYS = ("model", "num_layers", "hidden_size")  # what mlflow_setup.architecture names
 TEMPERATURES = ("0.5", "0.8", "1.0")  # samples/final_T<t>.txt of every finished run
 SETTINGS = tuple(f.name for f in dataclasses.fields(TrainConfig)) + ("corpus",)
-ARCH_KEYS = ("model", "num_layers", "hidden_size")
 PLOTS = {"seconds": "training seconds", "chars": "characters read"}
 DOC_SEPARATOR = "\x1e"  # between documents in corpus.txt, so in samples too
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from charflow.paths import checkpoints_dir
+from training.comparison import ARCH_KEYS
 from training.config import TrainConfig
 from training.errors import TrainingError
 from training.mlflow_setup import (
@@ -51,7 +52,6 @@ ARCHITECTURES: list[dict[str, Any]] = [
     {"model": "lstm", "num_layers": 2},
 ]
 BUILTIN_GRIDS = {"architectures": ARCHITECTURES}
-ARCH_KEYS = ("model", "num_layers", "hidden_size")  # what `architecture()` already names
 # With a budget in seconds or characters the step budget steps aside, so the budget asked
 # for is the one that binds (a preset's max_steps would stop fast models first).
 UNBOUNDED_STEPS = 10**9
@@ -249,7 +249,7 @@ def start_sweep(
     sweep = Sweep(
         name=name,
         corpus=corpus,
-        source=str(source),
+        source=str(Path(source).resolve()),  # workers may run elsewhere on this machine
         configs=list(configs),
         parent_run_id=parent.info.run_id,
         experiment_id=exp_id,
