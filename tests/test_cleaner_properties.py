@@ -30,6 +30,7 @@ from cleaners.encoding import decode_bytes
 from cleaners.essay_html import parse_essay
 from cleaners.friends_html import parse_episode
 from cleaners.html_text import html_to_text
+from cleaners.shuttleset import ShuttleSetError, parse_matches, parse_set, rally_text
 from scrapers import chinese_novel, friends, kubernetes_go, paulgraham
 from scrapers.registry import Document, RawItem, Skipped
 from scrapers.store import SEPARATOR
@@ -319,3 +320,34 @@ def test_go_file_with_a_control_character_is_a_recorded_skip():
         "skip",
         "control character in the text (U+000C at offset 23); not taken",
     )
+
+
+# ---------------------------------------------------------------- shuttleset
+
+SET_FILES = sample(CORPORA / "shuttleset" / "set", "*/set1.csv", 4)
+MATCH_TABLE = CORPORA / "shuttleset" / "set" / "match.csv"
+
+
+@PROFILE
+@given(st.one_of(st.binary(max_size=300), fixture_bytes(SET_FILES)), st.booleans())
+def test_shuttleset_sets_parse_or_are_refused_with_a_reason(data, areas):
+    """Its corpus stops on bad data by design; the cleaner's part is to say why
+    (ShuttleSetError), never to fail otherwise, and to write clean symbols."""
+    try:
+        rallies = parse_set(data, "set1.csv", areas=areas)
+    except ShuttleSetError as err:
+        assert str(err).startswith("set1.csv")
+        return
+    for rally in rallies:
+        assert_clean_text(rally_text(rally, detail="shot+area" if areas else "shot"))
+
+
+@PROFILE
+@given(st.one_of(st.binary(max_size=300), fixture_bytes([MATCH_TABLE])))
+def test_shuttleset_match_table_parses_or_is_refused_with_a_reason(data):
+    try:
+        matches = parse_matches(data, "match.csv")
+    except ShuttleSetError as err:
+        assert str(err).startswith("match.csv")
+        return
+    assert isinstance(matches, list)
