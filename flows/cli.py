@@ -10,7 +10,7 @@ import sys
 
 import typer
 
-from flows import cli_corpus, cli_flows, cli_scratch, cli_sweep, cli_train
+from flows import cli_corpus, cli_flows, cli_scratch, cli_sweep, cli_sync, cli_train
 from scrapers.errors import IngestError
 from training.errors import TrainingError
 
@@ -19,7 +19,7 @@ app = typer.Typer(
     add_completion=False,
     help="charflow: corpora -> character-level language models, tracked in MLflow.",
 )
-for module in (cli_train, cli_sweep, cli_corpus, cli_scratch, cli_flows):
+for module in (cli_train, cli_sweep, cli_corpus, cli_scratch, cli_flows, cli_sync):
     module.register(app)
 
 USER_ERRORS = (TrainingError, IngestError, FileNotFoundError)

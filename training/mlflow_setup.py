@@ -78,6 +78,9 @@ HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # charflow prints the run's URL itself; MLflow's own print costs a request at the run's
+    # end, to a server that may be away.
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
 }
 # The one check of a tracking server before a run starts: at most about this long.
 PROBE_SECONDS = 5.0
@@ -216,13 +219,13 @@ def tracking_server_problem(uri: str, timeout: float = PROBE_SECONDS) -> str | N
     except requests.Timeout:
         return f"no answer in {timeout:g} s"
     except requests.RequestException as err:
-        return _os_reason(err)
+        return error_reason(err)
     if resp.status_code >= 500:
         return f"HTTP {resp.status_code} from {url}"
     return None
 
 
-def _os_reason(err: BaseException) -> str:
+def error_reason(err: BaseException) -> str:
     """`Connection refused`, `Name or service not known`, ...: the OS's words inside the
     layers of requests/urllib3 exceptions, else the exception's first line."""
     found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(err))
@@ -239,6 +242,8 @@ def check_tracking_store(uri: str | None = None) -> str:
     Call it before a training starts (RunTracker does)."""
     uri = uri or configure_mlflow()
     if is_http(uri):
+        for key, value in HTTP_ENV_DEFAULTS.items():
+            os.environ.setdefault(key, value)
         problem = tracking_server_problem(uri)
         if problem:
             raise TrainingError(f"MLflow tracking server {uri} is not reachable ({problem})")
@@ -247,13 +252,15 @@ def check_tracking_store(uri: str | None = None) -> str:
     return uri
 
 
-def configure_mlflow() -> str:
-    """Point MLflow's tracking and model registry at the charflow store; return the URI."""
+def configure_mlflow(uri: str | None = None, registry_uri: str | None = None) -> str:
+    """Point MLflow's tracking and model registry at the charflow store (or at `uri` and
+    `registry_uri`: `charflow sync` sends a run to the store it was started on); return the
+    tracking URI."""
     set_mlflow_env_defaults()
     import mlflow
 
     _drop_telemetry_if_disabled()
-    uri = default_tracking_uri()
+    uri = uri or default_tracking_uri()
     if is_http(uri):
         for key, value in HTTP_ENV_DEFAULTS.items():
             os.environ.setdefault(key, value)
@@ -262,7 +269,7 @@ def configure_mlflow() -> str:
     # user set it, so the next call still follows a changed CHARFLOW_HOME or URI.
     saved = {k: os.environ.get(k) for k in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")}
     mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(saved["MLFLOW_REGISTRY_URI"] or uri)
+    mlflow.set_registry_uri(registry_uri or saved["MLFLOW_REGISTRY_URI"] or uri)
     for key, value in saved.items():
         if value is None:
             os.environ.pop(key, None)

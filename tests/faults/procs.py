@@ -1,11 +1,12 @@
-"""Helpers to start several real Python processes at one instant (a start time they all
-sleep until, after their imports), so that races happen rather than being hoped for."""
+"""Helpers to start several real Python processes at one instant (a barrier they all pass
+after their imports), so that races happen rather than being hoped for."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -13,31 +14,40 @@ from tests.faults.servers import QUIET_ENV
 
 REPO = Path(__file__).resolve().parent.parent.parent
 
-# Imports first (seconds on a busy machine), then sleep until the shared start time.
+# Imports first (seconds on a busy machine), then a barrier: each process says it is ready
+# and waits until all are, so the script after it starts at one instant in every process.
 PRELUDE = """
 import os, sys, time
 sys.path.insert(0, {repo!r})
 import mlflow, torch  # noqa: F401  (the slow part, before the start line)
 from training.tracking import RunTracker  # noqa: F401
 from training import registry  # noqa: F401
-time.sleep(max(0.0, float(os.environ["START_AT"]) - time.time()))
+_barrier = os.environ["BARRIER_DIR"]
+open(os.path.join(_barrier, f"ready-{{os.getpid()}}"), "w").close()
+_deadline = time.monotonic() + 300
+while len(os.listdir(_barrier)) < int(os.environ["BARRIER_N"]):
+    assert time.monotonic() < _deadline, "the other processes never got ready"
+    time.sleep(0.02)
 """
 
 
-def start_together(
-    scripts: list[str], env: dict[str, str], cwd: Path, lead_s: float = 12.0
-) -> list[subprocess.Popen]:
+def start_together(scripts: list[str], env: dict[str, str], cwd: Path) -> list[subprocess.Popen]:
     """Start one process per script; each runs PRELUDE, then its script at one instant."""
-    start_at = time.time() + lead_s
-    full_env = {**os.environ, **QUIET_ENV, **env, "START_AT": repr(start_at)}
+    barrier = Path(tempfile.mkdtemp(prefix="barrier-", dir=cwd))
+    full_env = {**os.environ, **QUIET_ENV, **env}
+    full_env |= {"BARRIER_DIR": str(barrier), "BARRIER_N": str(len(scripts))}
     procs = []
     for script in scripts:
         code = PRELUDE.format(repo=str(REPO)) + script
         procs.append(
             subprocess.Popen(
-                [sys.executable, "-c", code], env=full_env, cwd=cwd, text=True,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-            )  # fmt: skip
+                [sys.executable, "-c", code],
+                env=full_env,
+                cwd=cwd,
+                text=True,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+            )
         )
     return procs
 

@@ -3,6 +3,7 @@ resumed, killed and restarted on the same port, always stopped at the end."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -114,4 +115,57 @@ class SilentServer:
         self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
 
     def close(self) -> None:
+        self.sock.close()
+
+
+class LaggyProxy:
+    """A TCP proxy on loopback that holds every chunk a client sends for `delay_s` before
+    passing it to `target_port`: a slow network between the clients and a server (it makes
+    each request take a round trip of at least `delay_s`)."""
+
+    def __init__(self, target_port: int, delay_s: float):
+        import threading
+
+        self.target_port, self.delay_s = target_port, delay_s
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self._closed = False
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(("127.0.0.1", self.target_port), timeout=10)
+            except OSError:
+                client.close()
+                continue
+            upstream.settimeout(None)
+            threading.Thread(target=self._pump, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(upstream, client, False), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket, delayed: bool) -> None:
+        try:
+            while chunk := src.recv(1 << 16):
+                if delayed:
+                    time.sleep(self.delay_s)
+                dst.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                with contextlib.suppress(OSError):
+                    s.shutdown(socket.SHUT_RDWR)
+                s.close()
+
+    def close(self) -> None:
+        self._closed = True
         self.sock.close()
