@@ -2,20 +2,28 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import os
 import re
 import socket
+import subprocess
+import sys
+import threading
+import time
+import zlib
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
 from scrapers.errors import IngestError
-from scrapers.fetch import Fetcher, cache_key, host_of, normalize_url
+from scrapers.fetch import Fetcher, cache_key, host_of, normalize_url, same_host
 from scrapers.index_pages import fetch_pages, read_index
 from scrapers.registry import GatherContext, RawItem, Skipped
 
 AVG = "paulgraham/avg.html"
+REPO = Path(__file__).resolve().parent.parent
 
 
 def fast_fetcher(**kwargs) -> Fetcher:
@@ -268,3 +276,327 @@ def test_body_cut_off_mid_download_is_a_reason_not_a_traceback(tmp_path):
     assert not result.ok and result.path is None
     assert result.reason.startswith("download interrupted")
     assert not any(p.is_file() and not p.name.endswith(".json") for p in tmp_path.rglob("*"))
+
+
+# -- bounds on a response: deadline, size caps (issue 15, defects 7 and 8) ------------------
+
+
+def head(*headers: str, status: str = "200 OK") -> bytes:
+    """An HTTP/1.1 status line and headers, ready to send."""
+    return "".join(f"{line}\r\n" for line in (f"HTTP/1.1 {status}", *headers, "")).encode()
+
+
+class RawServer:
+    """A bare HTTP server on 127.0.0.1, a thread per connection: it reads one request, then
+    `respond(conn, stop)` writes whatever it likes (a drip, a bomb, a stream without end)
+    until it returns, the client hangs up, or close() sets `stop`. `respond` may be a dict
+    of such functions by request path (other paths: 404)."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.stop = threading.Event()
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.listener.settimeout(0.1)
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.requests: list[bytes] = []
+        self.threads = [threading.Thread(target=self._accept, daemon=True)]
+        self.threads[0].start()
+
+    def _accept(self) -> None:
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            thread = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self.threads.append(thread)
+            thread.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            request = b""
+            try:
+                while b"\r\n\r\n" not in request:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    request += data
+                self.requests.append(request)
+                respond = self.respond
+                if isinstance(respond, dict):
+                    path = request.split(b" ", 2)[1].decode().split("?")[0]
+                    respond = respond.get(path, NOT_FOUND)
+                respond(conn, self.stop)
+            except OSError:  # the client hung up: what a fetcher past its bounds does
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+        self.listener.close()
+        for thread in self.threads:
+            thread.join(timeout=10)
+
+    def __enter__(self) -> RawServer:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def drip(first: bytes, every: float = 0.5, byte: bytes = b"x"):
+    """Send `first`, then one byte every `every` seconds, for as long as anyone listens."""
+
+    def respond(conn, stop):
+        conn.sendall(first)
+        while not stop.wait(every):
+            conn.sendall(byte)
+
+    return respond
+
+
+def send(data: bytes):
+    def respond(conn, stop):
+        conn.sendall(data)
+
+    return respond
+
+
+NOT_FOUND = send(head("Content-Length: 0", status="404 Not Found"))
+
+
+def endless(first: bytes, chunked: bool = False):
+    """`first`, then 64 KiB after 64 KiB (as HTTP chunks if `chunked`), as fast as the
+    client reads."""
+
+    def respond(conn, stop):
+        conn.sendall(first)
+        block = b"a" * (1 << 16)
+        if chunked:
+            block = b"%x\r\n%s\r\n" % (len(block), block)
+        while not stop.is_set():
+            conn.sendall(block)
+
+    return respond
+
+
+def gzip_of_zeros(size: int) -> bytes:
+    """A gzip body of `size` zero bytes: about a thousandth of that on the wire."""
+    z, block = zlib.compressobj(9, zlib.DEFLATED, 31), bytes(1 << 20)
+    parts = [z.compress(block) for _ in range(size >> 20)]
+    return b"".join(parts) + z.flush()
+
+
+def files_under(folder) -> list:
+    return [p for p in folder.rglob("*") if p.is_file()]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize("framing", ["Content-Length: 1000", "Connection: close"])
+def test_a_dripping_body_ends_at_the_deadline(tmp_path, framing):
+    """Headers at once, then a byte every 0.5 s: each read is well inside requests'
+    timeout, so only an overall deadline ends it (this hung forever before)."""
+    with (
+        RawServer(drip(head(framing))) as server,
+        fast_fetcher(deadline=2, respect_robots=False) as fetcher,
+    ):
+        start = time.monotonic()
+        result = fetcher.get(server.url + "page.html", tmp_path)
+        elapsed = time.monotonic() - start
+        assert fetcher.stats["deadline_exceeded"] == 1
+    assert not result.ok and result.status == 200
+    got = re.fullmatch(r"deadline 2 s exceeded after (\d+) bytes", result.reason)
+    assert got and 1 <= int(got[1]) <= 5, result.reason
+    assert 1.9 <= elapsed < 4
+    assert len(server.requests) == 1  # a dripping server is not asked again
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.timeout(30)
+def test_dripping_headers_end_at_the_deadline(tmp_path):
+    """The status line, or the headers after it, a byte at a time: cut while requests
+    waits for the headers."""
+    status = b"HTTP/1.1 200 OK\r\n"
+    with (
+        RawServer(drip(b"", every=0.2, byte=b"H")) as slow_status,
+        RawServer(drip(status, every=0.2, byte=b"X")) as slow_headers,
+        fast_fetcher(deadline=1.5, respect_robots=False) as fetcher,
+    ):
+        for server in (slow_status, slow_headers):
+            start = time.monotonic()
+            result = fetcher.get(server.url + "page.html", tmp_path)
+            assert time.monotonic() - start < 3.5
+            assert not result.ok and result.path is None
+            assert result.reason == "deadline 1.5 s exceeded after 0 bytes"
+            assert len(server.requests) == 1
+
+
+@pytest.mark.timeout(60)
+def test_a_deadline_applies_to_each_request_not_to_the_fetcher(mirror, tmp_path):
+    """Fast pages keep coming after a slow one, and the watchdog of a finished request
+    never cuts a later one on the same keep-alive connection."""
+    with fast_fetcher(deadline=0.5) as fetcher:
+        for name in ("avg", "spam", "hw"):
+            assert fetcher.get(mirror.url(f"paulgraham/{name}.html"), tmp_path).ok
+            time.sleep(0.3)  # past where the previous request's deadline would fall
+        assert fetcher.get(mirror.url("paulgraham/avg.html"), tmp_path).from_cache
+    assert fetcher.stats["deadline_exceeded"] == 0
+
+
+def test_bounds_have_sane_defaults_and_refuse_nonsense():
+    with Fetcher() as fetcher:
+        assert fetcher.deadline == 60
+        assert (fetcher.max_wire_bytes, fetcher.max_body_bytes) == (20_000_000, 100_000_000)
+    for bad in ({"deadline": 0}, {"deadline": float("nan")}, {"max_wire_bytes": 0},
+                {"max_body_bytes": -1}, {"max_body_bytes": 1.5}):  # fmt: skip
+        with pytest.raises(IngestError, match=next(iter(bad))):
+            Fetcher(**bad)
+
+
+@pytest.mark.timeout(60)
+def test_a_gzip_bomb_stops_at_the_inflated_cap_in_bounded_memory(tmp_path):
+    """256 MB of zeros sent as 0.25 MB of gzip: refused once 8 MB are inflated, nothing
+    kept, and the fetching process (its own, so its peak RSS is the fetch's) grows by far
+    less than the bomb (inflating it whole in memory would take 256 MB)."""
+    bomb = gzip_of_zeros(256 << 20)
+    assert len(bomb) < 300_000
+    served = {
+        "/small": send(head("Content-Length: 2") + b"ok"),
+        "/bomb": send(head("Content-Encoding: gzip", f"Content-Length: {len(bomb)}") + bomb),
+    }
+    code = (
+        "import json, resource, sys\n"
+        "from pathlib import Path\n"
+        "from scrapers.fetch import Fetcher\n"
+        "peak = lambda: resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024\n"
+        "url, raw = sys.argv[1], Path(sys.argv[2])\n"
+        "with Fetcher(rate_limit=None, respect_robots=False, max_body_bytes=8_000_000) as f:\n"
+        "    assert f.get(url + 'small', raw).ok  # every module and buffer in place\n"
+        "    before = peak()\n"
+        "    r = f.get(url + 'bomb', raw)\n"
+        "print(json.dumps({'ok': r.ok, 'reason': r.reason, 'grew': peak() - before}))\n"
+    )
+    with RawServer(served) as server:
+        out = subprocess.run(
+            [sys.executable, "-c", code, server.url, str(tmp_path)],
+            capture_output=True, text=True, cwd=REPO, timeout=50,
+        )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout)
+    assert not got["ok"]
+    assert re.fullmatch(
+        r"body over 8 MB once inflated \(max_body_bytes\); stopped after \d+ bytes received",
+        got["reason"],
+    ), got["reason"]
+    assert got["grew"] < 32 << 20, f"peak RSS grew by {got['grew'] >> 20} MiB"
+    assert [p.read_bytes() for p in files_under(tmp_path) if p.suffix == ".body"] == [b"ok"]
+
+
+@pytest.mark.timeout(30)
+@pytest.mark.parametrize(
+    "response, reason",
+    [
+        (send(head("Content-Length: 3000000") + b"a" * 3_000_000),
+         r"Content-Length 3 MB is over the 1 MB cap \(max_wire_bytes\)"),
+        (endless(head("Connection: close")),
+         r"body over 1 MB on the wire \(max_wire_bytes\); stopped after \d+ bytes"),
+        (endless(head("Transfer-Encoding: chunked"), chunked=True),
+         r"body over 1 MB on the wire \(max_wire_bytes\); stopped after \d+ bytes"),
+    ],
+    ids=["content-length", "until-close", "chunked"],
+)  # fmt: skip
+def test_a_body_too_large_on_the_wire_is_a_skip(tmp_path, response, reason):
+    with (
+        RawServer(response) as server,
+        fast_fetcher(respect_robots=False, max_wire_bytes=1_000_000, retries=0) as fetcher,
+    ):
+        result = fetcher.get(server.url + "big.html", tmp_path)
+    assert not result.ok and re.fullmatch(reason, result.reason), result.reason
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.timeout(30)
+def test_an_endless_fast_stream_under_the_caps_ends_at_the_deadline(tmp_path):
+    with (
+        RawServer(endless(head("Connection: close"))) as server,
+        fast_fetcher(respect_robots=False, deadline=1, max_wire_bytes=1 << 40,
+                     max_body_bytes=1 << 40) as fetcher,
+    ):  # fmt: skip
+        start = time.monotonic()
+        result = fetcher.get(server.url + "endless.html", tmp_path)
+    assert time.monotonic() - start < 3
+    assert not result.ok and re.fullmatch(r"deadline 1 s exceeded after \d+ bytes", result.reason)
+    assert files_under(tmp_path) == []
+
+
+@pytest.mark.timeout(30)
+def test_compressed_bodies_are_stored_inflated(tmp_path):
+    """The fetcher inflates bodies itself (in bounded pieces): gzip (one member or several),
+    deflate with and without its zlib header; an encoding it did not ask for is a skip."""
+    text = b"<html>" + b"essay text " * 20_000 + b"</html>"  # inflates past one 64 KiB piece
+    raw_deflate = zlib.compressobj(6, zlib.DEFLATED, -15)
+    bodies = {
+        "/gzip": ("gzip", gzip.compress(text)),
+        "/members": ("gzip", gzip.compress(text[:1000]) + gzip.compress(text[1000:])),
+        "/deflate": ("deflate", zlib.compress(text)),
+        "/raw-deflate": ("deflate", raw_deflate.compress(text) + raw_deflate.flush()),
+        "/plain": ("identity", text),
+        "/br": ("br", b"\x0b\x02\x80hello\x03"),
+    }
+
+    served = {
+        path: send(head(f"Content-Encoding: {encoding}", f"Content-Length: {len(body)}") + body)
+        for path, (encoding, body) in bodies.items()
+    }
+    with RawServer(served) as server, fast_fetcher(respect_robots=False) as fetcher:
+        results = {path: fetcher.get(server.url + path[1:], tmp_path) for path in bodies}
+    for path in ("/gzip", "/members", "/deflate", "/raw-deflate", "/plain"):
+        assert results[path].read_bytes() == text, path
+    assert not results["/br"].ok and results["/br"].reason == "unsupported Content-Encoding 'br'"
+    assert all(b"accept-encoding: gzip, deflate\r\n" in r.lower() for r in server.requests)
+
+
+# -- a local source stays in its folder (issue 15, defect 9) --------------------------------
+
+
+def test_a_file_source_stays_in_its_folder(tmp_path):
+    """Links that leave the index page's folder, by ../, an absolute path or a symlink
+    inside the folder pointing out of it, are off the site; before, any .html on the disk
+    was fetched."""
+    site, outside = tmp_path / "site", tmp_path / "outside"
+    (site / "sub").mkdir(parents=True)
+    outside.mkdir()
+    (site / "avg.html").write_text("in")
+    (site / "sub" / "deeper.html").write_text("in, deeper")
+    (outside / "secret.html").write_text("SECRET")
+    (site / "escape.html").symlink_to(outside / "secret.html")
+    (site / "sub" / "in-link.html").symlink_to(site / "avg.html")  # stays inside: fine
+    (site / "gone").symlink_to(outside, target_is_directory=True)
+    lines = [
+        "avg.html", "sub/deeper.html", "sub/../avg.html#x", "sub/in-link.html",
+        "../outside/secret.html", (outside / "secret.html").as_uri(), "escape.html",
+        "gone/secret.html", "sub/../../outside/secret.html",
+    ]  # fmt: skip
+    (site / "index.txt").write_text("\n".join(lines))
+    index_url = (site / "index.txt").as_uri()
+    with fast_fetcher() as fetcher:
+        ctx = GatherContext("t", "", None, tmp_path / "raw", fetcher, {}, log=lambda _: None)
+        links = lambda body: [(href, None) for href in body.decode().split()]  # noqa: E731
+        index = read_index(ctx, index_url, "test index", links)
+        pages = list(fetch_pages(ctx, {url: {} for url in index.pages}))
+    assert list(index.pages) == [
+        (site / name).as_uri() for name in ("avg.html", "sub/deeper.html", "sub/in-link.html")
+    ]
+    assert [p.path.read_text() for p in pages] == ["in", "in, deeper", "in"]
+    assert {s.source for s in index.offsite} == {
+        (outside / "secret.html").as_uri(),
+        (site / "escape.html").as_uri(),
+        (site / "gone/secret.html").as_uri(),
+    }
+    # The rule itself: inside the folder of the page the link is on, symlinks resolved.
+    assert same_host((site / "sub" / "deeper.html").as_uri(), index_url)
+    assert not same_host((site / "escape.html").as_uri(), index_url)
+    assert not same_host(index_url, (site / "sub" / "deeper.html").as_uri())
+    assert not same_host("http://127.0.0.1/avg.html", index_url)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import subprocess
 import unicodedata
+from pathlib import Path
 
 import pytest
 
@@ -202,3 +204,89 @@ def test_early_writeback_leaves_the_corpus_as_it_was(tmp_path, monkeypatch):
     assert (
         manifest["corpus_sha256"] == reference["corpus_sha256"] == hashlib.sha256(raw).hexdigest()
     )
+
+
+# -- publishing is durable (issue 15, defect 12) --------------------------------------------
+
+
+@pytest.fixture
+def disk_events(monkeypatch):
+    """What reaches the disk, in order: ("fsync", path) for every os.fsync (the real fsync
+    still runs: the wrapper only reads which file an fd is, from /proc) and ("rename", src,
+    dst) for the renames that publish. A power cut cannot be staged in a test; the order
+    of these calls on a real file system is what makes one harmless (see store.commit)."""
+    events: list[tuple] = []
+    fsync, rename, replace, exchange = os.fsync, os.rename, os.replace, store._rename_exchange
+
+    def record_fsync(fd):
+        events.append(("fsync", os.readlink(f"/proc/self/fd/{fd}")))
+        return fsync(fd)
+
+    def recorder(name, real):
+        def record(src, dst, *args, **kwargs):
+            result = real(src, dst, *args, **kwargs)
+            if result is not False:  # an exchange the file system refused did nothing
+                events.append((name, str(src), str(dst)))
+            return result
+
+        return record
+
+    monkeypatch.setattr(os, "fsync", record_fsync)
+    monkeypatch.setattr(os, "rename", recorder("rename", rename))
+    monkeypatch.setattr(os, "replace", recorder("rename", replace))
+    monkeypatch.setattr(store, "_rename_exchange", recorder("rename", exchange))
+    return events
+
+
+def assert_durable_publish(events, files, staging, target):
+    """Each file fsynced, then the staging folder, then the rename of staging onto target,
+    then target's parent: in that order."""
+    fsyncs = [e[1] for e in events if e[0] == "fsync"]
+    order = [e for e in events if e[0] == "fsync" or e[1:] == (str(staging), str(target))]
+    publish = order.index(("rename", str(staging), str(target)))
+    before = [e[1] for e in order[:publish]]
+    assert {str(staging / name) for name in files} <= set(before)
+    assert before[-1] == str(staging), "the staging folder is fsynced last, after its files"
+    assert order[publish + 1 :] == [("fsync", str(target.parent))]
+    assert fsyncs.count(str(target.parent)) == 1
+
+
+@pytest.mark.parametrize("exchange", [True, False], ids=["renameat2", "two-renames"])
+def test_commit_fsyncs_files_staging_and_parent_around_the_swap(
+    tmp_path, monkeypatch, disk_events, exchange
+):
+    corpus_dir = tmp_path / "toy"
+    write(corpus_dir)  # first publish: a plain rename
+    files = (CORPUS_FILE, DOCUMENTS_FILE, MANIFEST_FILE)
+    first = next(e for e in disk_events if e[0] == "rename" and e[2] == str(corpus_dir))
+    assert_durable_publish(disk_events, files, Path(first[1]), corpus_dir)
+
+    (corpus_dir / "raw").mkdir()
+    (corpus_dir / "raw" / "cached.body").write_bytes(b"cache")
+    if not exchange:
+        monkeypatch.setattr(store, "_libc_function", lambda name: None)  # no renameat2
+    disk_events.clear()
+    write(corpus_dir, [Document("a new corpus", "s")])  # second publish: over the first
+    swap = next(e for e in disk_events if e[0] == "rename" and e[2] == str(corpus_dir))
+    staging = Path(swap[1])
+    assert_durable_publish(disk_events, files, staging, corpus_dir)
+    # raw/ moved into the staging folder before that folder was fsynced
+    moved = disk_events.index(("rename", str(corpus_dir / "raw"), str(staging / "raw")))
+    assert moved < disk_events.index(("fsync", str(staging)))
+    assert (corpus_dir / CORPUS_FILE).read_text() == "a new corpus"
+    assert (corpus_dir / "raw" / "cached.body").read_bytes() == b"cache"
+
+
+def test_save_checkpoint_fsyncs_the_file_then_renames_then_fsyncs_the_folder(tmp_path, disk_events):
+    from training.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "run" / "last.pt"
+    for step in (1, 2):  # a new name, then over an existing checkpoint
+        disk_events.clear()
+        save_checkpoint(path, {"step": step})
+        (rename,) = [e for e in disk_events if e[0] == "rename"]
+        tmp, dst = rename[1:]
+        assert dst == str(path) and Path(tmp).parent == path.parent
+        assert disk_events == [("fsync", tmp), rename, ("fsync", str(path.parent))]
+        assert load_checkpoint(path)["step"] == step
+    assert sorted(p.name for p in path.parent.iterdir()) == ["last.pt"]

@@ -40,14 +40,30 @@ VERSION = 1
 
 
 def save_checkpoint(path: Path, payload: dict) -> None:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    """Write atomically and durably: a crash mid-write leaves the previous checkpoint intact,
+    and a checkpoint is on disk once this returns.
+
+    The temp file is fsynced before the rename, or a power cut could keep the rename and
+    lose the data (an empty or torn file under the checkpoint's name, on file systems that
+    do not order the two); the folder is fsynced after it, so the new name is on disk too.
+    tests/test_store.py checks these calls on a real file system."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
         torch.save({"format": FORMAT, "version": VERSION, **payload}, tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent, os.O_DIRECTORY)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def _fsync(path: Path, flags: int = 0) -> None:
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
