@@ -157,8 +157,10 @@ def fit(run: Run, report: Reporter) -> tuple[str, float]:
     except KeyboardInterrupt:
         stopped = "interrupted"
         report.log("interrupted: saving a checkpoint to resume from")
-    if evaluated_at != s.step and n_losses:  # the steps since the last evaluation
-        stopped = evaluate_now() or stopped
+    # The steps since the last evaluation; the run ends for the reason it stopped, unless
+    # they diverged.
+    if evaluated_at != s.step and n_losses and evaluate_now() == "diverged":
+        stopped = "diverged"
     return stopped, clock.overall
 
 

@@ -12,8 +12,11 @@ from training.sample import visible_breaks
 from training.units import bits
 
 # The metrics every run logs at each evaluation, under these names (compare runs in the UI).
-EVAL_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "chars_per_sec")
+# seconds and chars (training time and characters read so far) are the x-axes on which
+# runs of different speeds compare: equal time is not equal data.
+EVAL_METRICS = ("train_loss", "val_loss", "lr", "grad_norm", "chars_per_sec", "seconds", "chars")
 SAMPLE_METRICS = ("sample_bigram_loss", "val_bigram_loss")  # when the run samples
+UNBOUNDED_STEPS = 10**8
 
 
 class Reporter:
@@ -52,12 +55,13 @@ class Console(Reporter):
     so they do not tear it)."""
 
     def __init__(self, bar: bool, max_steps: int, initial_step: int = 0):
-        self.max_steps = max_steps
+        # A run bounded by time or characters sets max_steps out of reach: no total then.
+        self.max_steps = max_steps if max_steps < UNBOUNDED_STEPS else None
         self.bar = None
         if bar:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=max_steps, initial=initial_step, dynamic_ncols=True)
+            self.bar = tqdm(total=self.max_steps, initial=initial_step, dynamic_ncols=True)
 
     def log(self, message: str) -> None:
         if self.bar is not None:
@@ -70,8 +74,9 @@ class Console(Reporter):
             self.bar.update()
 
     def evaluation(self, row: dict, sample: str, improved: bool) -> None:
+        of = f"/{self.max_steps}" if self.max_steps else ""
         self.log(
-            f"step {row['step']}/{self.max_steps} | train {row['train_loss']:.4f} | "
+            f"step {row['step']}{of} | train {row['train_loss']:.4f} | "
             f"val {row['val_loss']:.4f} ({bits(row['val_loss']):.3f} bpc)"
             f"{' *' if improved else ''} | lr {row['lr']:.2e} | "
             f"{row['chars_per_sec']:,.0f} chars/s | {row['seconds']:.0f} s"

@@ -331,6 +331,7 @@ def run_child(
             run_tags=run_tags,
             progress=progress,
             reporter=reporter,
+            register=False,  # experiments: the registry keeps models trained to be used
         )
     except Exception as err:  # one configuration's failure must not end the sweep
         if not isinstance(err, TrainingError):  # a bug: its traceback goes to the child's log
@@ -339,8 +340,6 @@ def run_child(
         run_id = _record_failure(sweep, cfg, name, run_tags, reason)
         return ChildResult(index, name, run_id, "FAILED", reason, out_dir=str(out_dir))
     last = result.history[-1] if result.history else {}
-    if result.run_id:
-        _log_budget_used(result.run_id, result.history)
     return ChildResult(
         index,
         name,
@@ -413,30 +412,6 @@ def _device_name(cfg: TrainConfig) -> str:
         return str(resolve_device(cfg.device))
     except TrainingError:
         return cfg.device
-
-
-def _log_budget_used(run_id: str, history: list[dict]) -> None:
-    """Metrics `seconds` and `chars` at each evaluation's step: the x axes of the sweep's
-    plots (val_loss vs training time and vs data), so they can be drawn from MLflow alone."""
-    from mlflow.entities import Metric
-
-    from training.mlflow_setup import mlflow_client
-
-    try:
-        client = mlflow_client()
-        if "chars" in client.get_run(run_id).data.metrics:  # the trainer logs them already
-            return
-        now = int(time.time() * 1000)
-        metrics = [
-            Metric(key, float(row[key]), now, int(row["step"]))
-            for row in history
-            for key in ("seconds", "chars")
-            if row.get(key) is not None
-        ]
-        for i in range(0, len(metrics), 1000):  # MLflow's limit per batch
-            client.log_batch(run_id, metrics=metrics[i : i + 1000])
-    except Exception as err:  # tracking is best effort
-        log.warning("could not log seconds/chars of run %s: %s", run_id, err)
 
 
 def finish_sweep(sweep: Sweep, results: Sequence[ChildResult]):

@@ -58,10 +58,12 @@ def train(
     run_tags: dict | None = None,
     progress: bool | None = None,
     reporter: Reporter | None = None,
+    register: bool = True,
 ) -> TrainResult:
     """Train on `source` (corpus folder or UTF-8 file); checkpoints go to out_dir/{best,last}.pt.
 
     `reporter` hears every evaluation besides the console and MLflow (a sweep's pruner).
+    `register=False` (a sweep's children) logs the run but registers no model version.
     Without `out_dir` the run gets a folder of its own under checkpoints/<corpus>/ (with
     `resume`: the corpus's latest). A folder that holds a run is only continued (`resume`)
     or replaced (`overwrite`). Ctrl-C saves a checkpoint, registers nothing and re-raises
@@ -142,7 +144,10 @@ def train(
             f"({bits(s.best_val_loss):.3f} bpc) at step {s.best_step}, test {test_loss:.4f}; "
             f"checkpoints in {out_dir}"
         )
-        model = _log_run_outputs(tracker, run, test_loss, report) if tracker else None
+        model = None
+        if tracker:
+            _log_run_outputs(tracker, run, test_loss, report)
+            model = _register(tracker, run, report) if register else None
     return TrainResult(
         run_id=s.run_id,
         best_val_loss=s.best_val_loss,
@@ -202,10 +207,8 @@ def _log_run_inputs(tracker, run: Run) -> None:
     )
 
 
-def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
-    """Test metrics, the loss curve, and the best checkpoint registered as a model version."""
-    from training.registry import register_model
-
+def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter) -> None:
+    """What the best checkpoint learned, its test metrics, the loss curve."""
     s = run.state
     load_best(run)
     learned = what_it_learned(run)
@@ -224,6 +227,13 @@ def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter):
     tracker.log_loss_curve(
         [{k: r[k] for k in ("step", "train_loss", "val_loss")} for r in s.history]
     )
+
+
+def _register(tracker, run: Run, report: Reporter):
+    """The best checkpoint as a version of charflow-<corpus>; champion if it is better."""
+    from training.registry import register_model
+
+    s = run.state
     model = register_model(
         tracker, run.best_path, val_loss=s.best_val_loss, corpus_digest=run.data.digest
     )
