@@ -69,8 +69,14 @@ ENV_DEFAULTS = {
     # Checkpoints are small: no progress bars when MLflow copies them around.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
 }
-# MLflow's first use of a SQLite file runs migrations and says so at INFO level.
-QUIET_LOGGERS = ("mlflow.store.db.utils", "alembic", "alembic.runtime.migration")
+# MLflow's first use of a SQLite file runs migrations and says so at INFO level; registering
+# a version on a server says that it waits for it.
+QUIET_LOGGERS = (
+    "mlflow.store.db.utils",
+    "alembic",
+    "alembic.runtime.migration",
+    "mlflow.store.model_registry.abstract_store",
+)
 # MLflow's own HTTP retries (7, with backoff: minutes) would hold a training hostage to a dead
 # server. charflow retries in the background itself (training/tracking.py), so each request
 # gives up after a few tries; a value the user has set wins.
