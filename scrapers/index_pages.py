@@ -50,7 +50,8 @@ def read_index(
         if same_host(page, index.url):
             pages.setdefault(page, label)
         else:
-            offsite.setdefault(page, Skipped(page, f"off-site link ({parts.netloc})"))
+            why = "outside the source folder" if parts.scheme == "file" else "off-site link"
+            offsite.setdefault(page, Skipped(page, f"{why} ({parts.netloc or parts.path})"))
     return SiteIndex(index.url, pages, list(offsite.values()))
 
 

@@ -1,7 +1,8 @@
 """The model as MLflow sees it: a pyfunc whose one artifact is the charflow checkpoint file.
 
-Prime strings in, sampled strings out; the checkpoint inside loads with
-`torch.load(path, weights_only=True)`, so nothing pickled ever runs.
+Prime strings in, sampled strings out. The checkpoint inside loads with
+`torch.load(path, weights_only=True)`: `download_checkpoint` + `charflow sample` run nothing
+pickled. `mlflow.pyfunc.load_model` does unpickle the model object: load only models you trust.
 """
 
 from __future__ import annotations
