@@ -372,3 +372,52 @@ def test_remote_tracking_server_works_unchanged(mlflow_server, tmp_path, monkeyp
     path = pyfunc.download_checkpoint("models:/charflow-remote@champion", tmp_path / "dl")
     want = torch.load(ckpt, weights_only=True)["model"]["w"]
     assert torch.equal(torch.load(path, weights_only=True)["model"]["w"], want)
+
+
+# -- the journal (issue 15) ------------------------------------------------------------------
+
+
+def test_journal_keeps_unacknowledged_records_and_survives_a_torn_line(tmp_path):
+    from training.tracking_journal import JOURNAL, Journal, read_pending
+
+    journal = Journal(tmp_path).open()
+    for step in range(1, 4):
+        journal.append({"run_id": "r", "op": "metrics", "metrics": [["loss", 1.0, 0, step]]})
+    journal.ack(2)
+    journal.close()  # record 3 is pending: the journal stays
+    with open(tmp_path / JOURNAL, "a", encoding="utf-8") as fh:
+        fh.write('{"seq": 4, "run_id": "r", "op": "metr')  # the process died mid-write
+    pending, last = read_pending(tmp_path / JOURNAL)
+    assert [r["seq"] for r in pending] == [3] and last == 3
+
+    again = Journal(tmp_path).open()  # the next writer continues after the last seq
+    assert again.append({"run_id": "r", "op": "tags", "tags": {}})["seq"] == 4
+    again.ack(4)
+    again.close()
+    assert not (tmp_path / JOURNAL).exists()  # nothing pending: nothing left behind
+
+
+def test_a_second_writer_of_a_journal_is_refused_in_one_line(tmp_path):
+    from training.tracking_journal import Journal
+
+    first = Journal(tmp_path).open()
+    try:
+        with pytest.raises(TrainingError, match=f"in use by process {os.getpid()}"):
+            Journal(tmp_path).open()
+    finally:
+        first.close()
+    Journal(tmp_path).open().close()  # released with the first
+
+
+def test_a_record_the_store_refuses_is_dropped_with_one_warning(store, tmp_path):
+    notices: list[str] = []
+    with RunTracker("refused", journal_dir=tmp_path / "run", notify=notices.append) as run:
+        run.log_params({"lr": 0.1})
+        run.log_params({"lr": 0.2})  # params are write-once: the store refuses this one
+        run.log_metrics({"train_loss": 2.0}, 1)
+    got = client().get_run(run.run_id)
+    assert got.data.params == {"lr": "0.1"}
+    assert got.data.metrics == {"train_loss": 2.0}  # what came after still arrived
+    assert got.info.status == "FINISHED"
+    assert len(notices) == 1 and "refused a tracking record (params" in notices[0]
+    assert not (tmp_path / "run" / "mlflow-pending.jsonl").exists()

@@ -340,10 +340,11 @@ class RunTracker:
         value in effect in segment n is `resume.<n>.<key>` when present, else `<key>`."""
         items = {k: str(v) for k, v in params.items()}
         fresh = {k: v for k, v in items.items() if k not in self._params}
+        # In a run's first segment a changed value goes as it is: MLflow refuses it (one
+        # warning line), as it refuses any rewrite of a param.
+        prefix = f"resume.{self.segment}." if self.segment else ""
         changed = {
-            f"resume.{self.segment}.{k}": v
-            for k, v in items.items()
-            if k in self._params and self._params[k] != v and self.segment
+            prefix + k: v for k, v in items.items() if k in self._params and self._params[k] != v
         }
         self._params.update(fresh)
         pairs = list({**fresh, **changed}.items())
