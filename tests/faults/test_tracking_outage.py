@@ -3,8 +3,9 @@
 - A tracking server that is down when a training starts: one line on stderr, exit 1,
   within seconds (the probe itself within 10 s) — not minutes of retries and a traceback.
 - A server that stops mid-run (paused with SIGSTOP: it hangs; or killed and restarted on
-  its port: connections refused) while the real `charflow train` runs: training finishes,
-  and every metric of the checkpoint's history reaches the server, each step once.
+  its port: connections refused) while the real `charflow train` runs: training goes on
+  while it is away (checkpoints keep coming), finishes, and every metric of the
+  checkpoint's history reaches the server, each step once.
 - A server that is away when the run ends: the records and the model's registration wait
   in the run folder; `charflow sync RUN_DIR` sends them once it is back.
 
@@ -118,6 +119,11 @@ def wait_for_first_metrics(client: MlflowClient, corpus: str, proc: subprocess.P
     raise AssertionError("no metrics reached the server in 180 s")
 
 
+def evaluations_saved(out: Path) -> int:
+    """Evaluation rows in the run's last checkpoint (written atomically: safe to read)."""
+    return len(torch.load(out / "last.pt", weights_only=True)["history"])
+
+
 def assert_history_complete(client: MlflowClient, run_id: str, checkpoint: Path) -> None:
     """Every evaluation row of the checkpoint is in the server, each step exactly once."""
     history = torch.load(checkpoint, weights_only=True)["history"]
@@ -157,18 +163,18 @@ def test_training_outlives_a_server_outage(how, away_s, tmp_path, text_file) -> 
     )
     try:
         run_id = wait_for_first_metrics(client, corpus, proc)
-        if how == "pause":
-            server.pause()
-            time.sleep(away_s)
-            server.resume()
-        else:
-            server.stop()
-            time.sleep(away_s)
-            server.start()
+        server.pause() if how == "pause" else server.stop()
+        saved_before = evaluations_saved(out)
+        time.sleep(away_s)
+        # Training went on while the server was away (a client that waits on the store would
+        # stall at its next send, within a few seconds): checkpoints kept coming.
+        saved_during = evaluations_saved(out) - saved_before
+        server.resume() if how == "pause" else server.start()
         proc.communicate(timeout=away_s + 300)
         log.seek(0)
         stderr = log.read()
         assert proc.returncode == 0, stderr[-3000:]
+        assert saved_during >= away_s // 5, (saved_during, stderr[-3000:])
         assert "Traceback" not in stderr, stderr[-3000:]
         assert_history_complete(client, run_id, out / "last.pt")
         run = client.get_run(run_id)
