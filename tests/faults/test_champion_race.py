@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import random
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import pytest
 import torch
 from mlflow import MlflowClient
 
-from tests.faults.procs import start_together, wait_all
+from tests.faults.procs import release, start_together, wait_all
 from tests.faults.servers import LaggyProxy, MlflowServer
 from training import registry
 from training.tracking import RunTracker
@@ -26,12 +27,17 @@ REGISTRARS = 5
 CORPUS = "race"
 NAME = f"charflow-{CORPUS}"
 
+# One registration per round; rounds after the first start when the test has checked the
+# last one and released the next (barrier "round<k>").
 REGISTER = """
-ckpt = {ckpt!r}
-torch.save({{"model": {{"w": torch.randn(3)}}, "vocab": ["a"]}}, ckpt)
-with RunTracker({corpus!r}) as run:
-    result = registry.register_model(run, ckpt, val_loss=float("{loss}"), corpus_digest="0" * 64)
-print(result.version, result.is_champion, result.reason)
+for round_, loss in enumerate({losses!r}):
+    if round_:
+        barrier(f"round{{round_}}", extra=1)
+    ckpt = {ckpt!r} + f"-{{round_}}.pt"
+    torch.save({{"model": {{"w": torch.randn(3)}}, "vocab": ["a"]}}, ckpt)
+    with RunTracker({corpus!r}) as run:
+        result = registry.register_model(run, ckpt, val_loss=float(loss), corpus_digest="0" * 64)
+    print("round", round_, result.version, result.is_champion, result.reason, flush=True)
 """
 
 
@@ -45,15 +51,27 @@ def first_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str) ->
         assert registry.register_model(run, ckpt, val_loss=9.0, corpus_digest="0" * 64).version
 
 
-def register_together(tmp_path: Path, env: dict[str, str], losses: list[float]) -> list[str]:
+def start_registrars(tmp_path: Path, env: dict[str, str], rounds: list[list[float]]):
+    """REGISTRARS processes, process i registering rounds[k][i] in round k."""
     scripts = [
-        REGISTER.format(ckpt=str(tmp_path / f"best-{i}.pt"), corpus=CORPUS, loss=loss)
-        for i, loss in enumerate(losses)
+        REGISTER.format(
+            losses=[str(r[i]) for r in rounds], ckpt=str(tmp_path / f"best-{i}"), corpus=CORPUS
+        )
+        for i in range(REGISTRARS)
     ]
-    results = wait_all(start_together(scripts, env, tmp_path), timeout_s=400)
-    failures = [err[-2000:] for code, _, err in results if code != 0]
-    assert not failures, "\n---\n".join(failures)
-    return [out.strip() for _, out, _ in results]
+    return start_together(scripts, env, tmp_path)
+
+
+def wait_round(procs: list[subprocess.Popen], round_: int) -> list[str]:
+    """Each registrar's report of round `round_` (a registrar that fails: its stderr)."""
+    reports = []
+    for proc in procs:
+        line = proc.stdout.readline()
+        if not line.startswith(f"round {round_} "):
+            _, err = proc.communicate(timeout=60)
+            raise AssertionError(f"a registrar failed in round {round_}:\n{err[-3000:]}")
+        reports.append(line.strip())
+    return reports
 
 
 def assert_champion_is_best(
@@ -82,9 +100,26 @@ def losses(seed: int) -> list[float]:
     return values
 
 
+def race(tmp_path: Path, env: dict[str, str], client: MlflowClient, seeds: list[int]) -> None:
+    procs = start_registrars(tmp_path, env, [losses(seed) for seed in seeds])
+    try:
+        for round_ in range(len(seeds)):
+            if round_:
+                release(tmp_path, f"round{round_}")
+            reports = wait_round(procs, round_)
+            assert_champion_is_best(client, reports, registered=1 + REGISTRARS * (round_ + 1))
+        for code, _, err in wait_all(procs, timeout_s=120):
+            assert code == 0, err[-3000:]
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+
+
 @pytest.fixture
 def laggy_server(shared_server: MlflowServer) -> Iterator[str]:
-    proxy = LaggyProxy(shared_server.port, delay_s=0.3)
+    proxy = LaggyProxy(shared_server.port, delay_s=0.2)
     try:
         yield proxy.url
     finally:
@@ -97,14 +132,9 @@ def test_concurrent_registrations_on_a_server_crown_the_best(
 ) -> None:
     first_champion(tmp_path, monkeypatch, laggy_server)
     env = {"MLFLOW_TRACKING_URI": laggy_server, "CHARFLOW_HOME": str(tmp_path)}
-    client = MlflowClient(laggy_server, laggy_server)
     # Two rounds: without the compare-and-set, the last writer of a round wins whatever its
     # loss, and is the best one about once in four.
-    for round_ in range(2):
-        folder = tmp_path / f"round{round_}"
-        folder.mkdir()
-        reports = register_together(folder, env, losses(seed=2 + round_))
-        assert_champion_is_best(client, reports, registered=1 + REGISTRARS * (round_ + 1))
+    race(tmp_path, env, MlflowClient(laggy_server, laggy_server), seeds=[2, 3])
 
 
 @pytest.mark.timeout(600)
@@ -114,5 +144,4 @@ def test_concurrent_registrations_on_sqlite_crown_the_best(
     uri = f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}"
     first_champion(tmp_path, monkeypatch, uri)
     env = {"MLFLOW_TRACKING_URI": uri, "CHARFLOW_HOME": str(tmp_path)}
-    reports = register_together(tmp_path, env, losses(seed=1))
-    assert_champion_is_best(MlflowClient(uri, uri), reports)
+    race(tmp_path, env, MlflowClient(uri, uri), seeds=[1])
