@@ -30,6 +30,17 @@ def sweep(
     settings: list[str] | None = typer.Option(
         None, "--set", metavar="KEY=VALUE", help="training setting for every run (repeatable)"
     ),
+    search: str | None = typer.Option(
+        None, help="optuna: search the ranges of the --grid YAML file (TPE, median pruner)"
+    ),
+    trials: int | None = typer.Option(
+        None, help="with --search: trials in the study (the same --run-name continues it)"
+    ),
+    study_storage: str | None = typer.Option(
+        None,
+        envvar="CHARFLOW_OPTUNA_STORAGE",
+        help="with --search: the study's database URL (default: optuna.db beside MLflow's)",
+    ),
 ) -> None:
     """Train every configuration of a grid as child runs of one MLflow run, then compare."""
     from training.comparison import text_table
@@ -38,6 +49,25 @@ def sweep(
 
     name, path = resolve_corpus(corpus, source)
     budget = dict(max_seconds=max_seconds, max_chars=max_chars, hidden_size=hidden)
+    if search is not None or trials is not None:
+        from training.search import run_search
+
+        base, space = search_space(name, search, grid, preset, budget, settings or [])
+        comparison = run_search(
+            name,
+            path,
+            base,
+            space,
+            trials=20 if trials is None else trials,
+            name=run_name,
+            tags=user_tags(tags or []),
+            grid=f"optuna:{Path(grid).name}",
+            parallel=parallel,
+            storage=study_storage,
+        )
+        typer.echo(text_table(comparison))
+        typer.echo(f"compare in MLflow: {comparison.url}")
+        return
     configs = sweep_configs(name, grid, preset, budget, settings or [])
     comparison = run_sweep(
         name,
@@ -72,9 +102,33 @@ def resolve_corpus(corpus: str, source: Path | None) -> tuple[str, Path]:
 def sweep_configs(name: str, grid: str, preset: str, flags: dict, settings: list[str]) -> list:
     """Every configuration, checked: the preset and the corpus's defaults, then the grid,
     with the flags and --set values fixed for every run."""
+    from training.sweep import build_configs, load_grid
+
+    base, fixed = base_config(name, preset, flags, settings)
+    return build_configs(base, load_grid(grid), fixed)
+
+
+def search_space(
+    name: str, search: str | None, grid: str, preset: str, flags: dict, settings: list[str]
+) -> tuple:
+    """(every trial's settings before the searched ones, the checked search space)."""
+    from training.search import load_space
+    from training.sweep import BUILTIN_GRIDS, build_configs
+
+    if search != "optuna":
+        raise TrainingError(f"--search {search}: the one search is optuna (--search optuna)")
+    if grid in BUILTIN_GRIDS:
+        raise TrainingError("--search optuna takes its ranges from a YAML file: --grid FILE.yaml")
+    base, fixed = base_config(name, preset, flags, settings)
+    (base,) = build_configs(base, [{}], fixed)
+    return base, load_space(grid, base, fixed)
+
+
+def base_config(name: str, preset: str, flags: dict, settings: list[str]) -> tuple:
+    """(the preset and the corpus's defaults, the settings fixed for every run: flags and
+    --set values)."""
     from flows.corpus_settings import corpus_defaults
     from training.config import TrainConfig, build_config, parse_assignments
-    from training.sweep import build_configs, load_grid
 
     fixed = {k: v for k, v in flags.items() if v is not None}
     if fixed.get("max_seconds") is not None and fixed.get("max_chars") is not None:
@@ -83,8 +137,7 @@ def sweep_configs(name: str, grid: str, preset: str, flags: dict, settings: list
     twice = sorted(set(fixed) & set(set_values))
     if twice:
         raise TrainingError(f"{twice[0]} given both as a flag and with --set; give it once")
-    base = build_config(preset, corpus_defaults(name))
-    return build_configs(base, load_grid(grid), fixed | set_values)
+    return build_config(preset, corpus_defaults(name)), fixed | set_values
 
 
 def compare(

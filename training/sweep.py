@@ -262,6 +262,57 @@ def start_sweep(
     return sweep
 
 
+def open_sweep(
+    corpus: str,
+    source: str | Path,
+    configs: Sequence[TrainConfig],
+    *,
+    name: str,
+    tags: dict[str, str] | None = None,
+    grid: str = "custom",
+) -> Sweep | None:
+    """The sweep `name` that start_sweep began, reopened to take more children (an
+    interrupted search goes on): its parent run RUNNING again. None when there is no such
+    sweep; refused when it was started with another grid or other common settings."""
+    from training.mlflow_setup import experiment_id, mlflow_client
+
+    configs = _checked(configs, source)
+    if "'" in name:
+        raise TrainingError(f"a sweep name has no quotes: {name!r}")
+    client = mlflow_client()
+    exp_id = experiment_id(client, corpus, client.tracking_uri)
+    found = client.search_runs(
+        [exp_id],
+        f"tags.`{SWEEP_TAG}` = '{name}' and tags.`{ROLE_TAG}` = 'sweep'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    if not found:
+        return None
+    parent = found[0]
+    expected = {**common_settings(configs), "sweep_grid": grid, "sweep_size": len(configs)}
+    for key, value in expected.items():
+        logged = parent.data.params.get(key)
+        if logged is not None and logged != str(value):
+            raise TrainingError(
+                f"sweep {name!r} was started with {key}={logged}, not {value}; "
+                "give the same settings to continue it, or another name"
+            )
+    client.update_run(parent.info.run_id, status="RUNNING")
+    return Sweep(
+        name=name,
+        corpus=corpus,
+        source=str(Path(source).resolve()),
+        configs=list(configs),
+        parent_run_id=parent.info.run_id,
+        experiment_id=exp_id,
+        tracking_uri=client.tracking_uri,
+        varied=varied_settings(configs),
+        out_root=str(checkpoints_dir() / corpus / "sweeps" / _slug(name)),
+        tags=dict(tags or {}),
+    )
+
+
 def _checked(configs: Sequence[TrainConfig], source: str | Path) -> list[TrainConfig]:
     if not configs:
         raise TrainingError("a sweep needs at least one configuration")
