@@ -39,6 +39,8 @@ import unicodedata
 from collections import Counter
 from dataclasses import dataclass, field
 
+from cleaners.removed import Removed
+
 # ---------------------------------------------------------------------------- decoding
 
 # The codecs a Chinese text file comes in (UTF-16 is read by its BOM, or by its NULs).
@@ -401,21 +403,6 @@ class _Line:
 
 
 @dataclass
-class RuleCount:
-    """Lines one cleaning rule removed: how many, their characters, the first examples."""
-
-    lines: int = 0
-    chars: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, text: str, keep: int = 3) -> None:
-        self.lines += 1
-        self.chars += len(text)
-        if len(self.examples) < keep:
-            self.examples.append(text[:80])
-
-
-@dataclass
 class Section:
     """One part of the file, in order, and what became of it."""
 
@@ -448,7 +435,7 @@ class Chapter:
 class Novel:
     chapters: list[Chapter]
     sections: list[Section] = field(default_factory=list)
-    removed: dict[str, RuleCount] = field(default_factory=dict)  # rule -> lines removed
+    removed: Removed = field(default_factory=Removed)  # rule -> lines removed
     title: str | None = None  # the book's title, if the file names it
     author: str | None = None
 
@@ -546,7 +533,7 @@ def _same_heading(a: Heading, b: Heading) -> bool:
     return not a.title or not b.title or a.title == b.title
 
 
-def _merge_headings(lines: list[_Line], removed: dict[str, RuleCount]) -> None:
+def _merge_headings(lines: list[_Line], removed: Removed) -> None:
     """A heading printed twice in a row (the second time as a running header, or just
     repeated) counts once; a bare "第一回" takes the couplet on the next line as title."""
     for i, line in enumerate(lines):
@@ -563,7 +550,7 @@ def _merge_headings(lines: list[_Line], removed: dict[str, RuleCount]) -> None:
             gone = nxt if first_better else line
             if first_better and not h.title and b.title:
                 line.heading = Heading(h.level, h.unit, h.number, b.title, b.line)
-            removed.setdefault("repeated heading", RuleCount()).add(gone.body)
+            removed.add("repeated heading", gone.body)
             gone.kind = GONE
         elif nxt.kind == TEXT and h.level == "chapter" and not h.title:
             m = _COUPLET.match(nxt.body)
@@ -855,7 +842,8 @@ def split_novel(
     Text with no chapter heading at all (one chapter per file) becomes chapter
     `untitled_number` when that is given, titled by its first line if that is short.
     """
-    removed: dict[str, RuleCount] = {}
+    removed = Removed()
+    _count_dropped_chars(text, removed)
     lines = _classify(prepare_text(text))
     _mark_notice_blocks(lines)
     _merge_headings(lines, removed)
@@ -877,7 +865,7 @@ def split_novel(
     chapter_starts = [i for i in starts if lines[i].heading.level == "chapter"]
     if not chapter_starts and untitled_number is not None:
         _one_chapter(novel, lines, untitled_number, wrap, normal_indent)
-        _count_removed(lines, removed)
+        _count_removed(lines, novel.sections, removed)
         return novel
     novel.sections.extend(_notice_sections(front, "before the first chapter"))
     front_text = [x for x in front if x.kind == TEXT]
@@ -894,7 +882,7 @@ def split_novel(
             novel.chapters.append(Chapter(None, "", "", "\n".join(body), kind="front matter"))
     _chapters(novel, lines, starts, wrap, normal_indent, keep_extras)
     novel.sections.sort(key=lambda s: s.first_line)
-    _count_removed(lines, removed)
+    _count_removed(lines, novel.sections, removed)
     return novel
 
 
@@ -994,14 +982,50 @@ def _chapters(novel: Novel, lines, starts, wrap, normal_indent, keep_extras) -> 
         novel.chapters.append(chapter)
 
 
-def _count_removed(lines: list[_Line], removed: dict[str, RuleCount]) -> None:
+# Rules for the text lines of a part left out, by the part's kind (Section.kind).
+_DROPPED_PART = {
+    "contents": "table of contents",
+    "front matter": "title page and front matter",
+    "preface": "preface (--option keep_extras=true keeps it)",
+    "appendix": "appendix (--option keep_extras=true keeps it)",
+    "afterword": "afterword (--option keep_extras=true keeps it)",
+    "volume": "text under a volume heading",
+}
+
+
+def _count_removed(lines: list[_Line], sections: list[Section], removed: Removed) -> None:
+    """Count every line no chapter took, by the rule that left it out: noise lines by
+    their kind, then the text and heading lines of each part dropped whole."""
     for line in lines:
         if line.kind == RULE:
-            removed.setdefault("separator or page number", RuleCount()).add(line.body)
+            removed.add("separator or page number", line.body)
         elif line.kind == HEADER:
-            removed.setdefault("running page header", RuleCount()).add(line.body)
+            removed.add("running page header", line.body)
         elif line.kind == AD:
-            removed.setdefault("site notice or ad", RuleCount()).add(line.body)
+            removed.add("site notice or ad", line.body)
+        elif line.kind == CONTENTS:
+            removed.add("table of contents", line.body)
+    for section in sections:
+        if section.kept:
+            continue
+        if section.kind in _DROPPED_PART:
+            rule = _DROPPED_PART[section.kind]
+        elif "appears again" in section.reason:
+            rule = "repeated chapter (kept once)"
+        else:
+            rule = "heading with no text under it"
+        for line in lines[section.first_line - 1 : section.last_line]:
+            if line.kind in (TEXT, HEADING):  # noise and contents lines are counted above
+                removed.add(rule, line.body)
+
+
+def _count_dropped_chars(text: str, removed: Removed) -> None:
+    """Control, zero-width and replacement characters prepare_text drops, within lines
+    (line ends are made LF first: a CR of a CRLF file is not a dropped character)."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    for char, times in Counter(_DROP_CHARS.findall(text)).items():
+        rule = "control or invisible character"
+        removed.add(rule, f"U+{ord(char):04X}", lines=0, chars=times)
 
 
 @functools.cache

@@ -5,18 +5,20 @@ text) in a content cell, and the essay in the first <font face="verdana"> direct
 that cell; below it come tables of translation and related links, then the store's
 scripts after </html>. Older essays open with a coloured banner box ("Want to start a
 startup? Get funded by Y Combinator.") inside the essay font; it is site furniture.
+What is left out is counted by rule in `Essay.removed`.
 """
 
 from __future__ import annotations
 
 import re
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from bs4 import BeautifulSoup, Tag
 
 from cleaners.encoding import decode_bytes
 from cleaners.html_text import INVISIBLE, WHITESPACE, escape_raw_text, html_to_text
+from cleaners.removed import Removed
 
 MONTHS = (  # noqa: SIM905
     "January February March April May June July August September October November December"
@@ -33,6 +35,7 @@ class Essay:
     title: str | None
     date: str | None
     text: str
+    removed: Removed = field(default_factory=Removed)  # rule -> what it left out
 
 
 def _soup(data: bytes | str) -> BeautifulSoup:
@@ -66,18 +69,29 @@ def essay_date(text: str) -> str | None:
 def parse_essay(data: bytes | str) -> Essay:
     soup = _soup(data)
     body = essay_body(soup)
+    removed = Removed()
     for table in body.find_all("table"):
         if _is_banner(table):
+            _count_lines(removed, "promo banner in the essay", html_to_text(table))
             table.decompose()
-    paragraphs = html_to_text(body).split("\n\n")
+    paragraphs = html_to_text(body, removed).split("\n\n")
     while paragraphs and FURNITURE.fullmatch(paragraphs[-1].strip()):
-        paragraphs.pop()
+        _count_lines(removed, "link-table heading after the essay", paragraphs.pop())
     text = "\n\n".join(paragraphs)
     title = _one_line(soup.title.get_text()) if soup.title else ""
     if not title and body.parent is not None:
         image = body.parent.find("img", alt=True)  # the title image in the same cell
         title = _one_line(image["alt"]) if image else ""
-    return Essay(title=title or None, date=essay_date(text), text=text)
+    if body is not soup:  # what the page shows around the essay: navigation, link tables
+        body.extract()
+        _count_lines(removed, "navigation and links outside the essay", html_to_text(soup))
+    return Essay(title=title or None, date=essay_date(text), text=text, removed=removed)
+
+
+def _count_lines(removed: Removed, rule: str, text: str) -> None:
+    for line in text.split("\n"):
+        if line.strip():
+            removed.add(rule, line.strip())
 
 
 def _one_line(text: str) -> str:

@@ -16,6 +16,8 @@ Output format of `Episode.text`, one item per line:
     <other lines: notes, song lyrics, "Commercial Break", "End">
 
 Writer, transcriber and similar credits are taken out of the text into `Episode.credits`.
+What the cleaning took out (credits, markup, scripts, references decoded, ...) is counted
+by rule in `Episode.removed`.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import unicodedata
 from dataclasses import dataclass, field
 
 from cleaners.encoding import decode_bytes
+from cleaners.removed import Removed, RuleCount
 
 # Tags that end a line of text. `<br>` is "soft": a lone one inside a paragraph is often
 # a hard wrap, so a soft-broken line may continue the utterance before it.
@@ -50,6 +53,7 @@ _LINK = re.compile(
     re.DOTALL | re.IGNORECASE,
 )
 _TITLE = re.compile(r"<title\b[^>]*>(.*?)</title\s*>", re.DOTALL | re.IGNORECASE)
+_REFERENCE = re.compile(r"&(?:#[0-9]{1,7}|#[xX][0-9a-fA-F]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?")
 
 _SPACE = re.compile(r"\s+")  # \s includes NBSP, U+3000 and other Unicode spaces
 # Soft hyphen, zero-width characters, and control characters that are not whitespace
@@ -119,6 +123,7 @@ class Episode:
     lines: list[str]
     credits: list[tuple[str, str]] = field(default_factory=list)  # (role, who)
     aired: str | None = None
+    removed: Removed = field(default_factory=Removed)  # rule -> what it took out
 
     @property
     def text(self) -> str:
@@ -141,16 +146,32 @@ def _second_speaker(page: str, pos: int, before: list[str]) -> bool:
     return unescape("".join(before)).rstrip().endswith(_SENTENCE_END)
 
 
-def _read_blocks(page: str) -> tuple[list[_Block], str]:
-    """Flatten a page into text blocks, and its <title>, without building a tree."""
+def _read_blocks(page: str, removed: Removed | None = None) -> tuple[list[_Block], str]:
+    """Flatten a page into text blocks, and its <title>, without building a tree; what
+    is not text (scripts, markup, references, invisible characters) counted in `removed`."""
+    removed = Removed() if removed is None else removed
     title = _TITLE.search(page)
+    for hidden in _HIDDEN.finditer(page):
+        removed.add("script, style or page title", hidden[0])
     page = _HIDDEN.sub(" ", page)
     blocks: list[_Block] = []
     buf: list[str] = []
     gap: list[str] = []  # block tags seen since the last non-empty block
+    tags = tag_chars = 0  # counted here, added to `removed` once
+    tag_names: list[str] = []
 
     def flush() -> None:
-        text = normalise_space(unescape("".join(buf)))
+        raw = "".join(buf)
+        text = unescape(raw)
+        if "&" in raw:
+            _count_references(raw, text, removed)
+        visible = text.translate(_INVISIBLE)
+        if len(visible) < len(text):
+            first = next(c for c in text if ord(c) in _INVISIBLE)
+            chars = len(text) - len(visible)
+            shown = f"U+{ord(first):04X}"
+            removed.add("invisible or control character", shown, lines=0, chars=chars)
+        text = _collapse_space(visible)
         buf.clear()
         if text:
             blocks.append(_Block(text, gap == ["br"]))
@@ -158,16 +179,47 @@ def _read_blocks(page: str) -> tuple[list[_Block], str]:
 
     pos = 0
     for m in _MARKUP.finditer(page):
-        buf.append(page[pos : m.start()])
+        start = m.start()
+        buf.append(page[pos:start])
         pos = m.end()
         tag = (m["tag"] or "").lower()
+        if page.startswith("<!--", start):
+            removed.add("HTML comment", m[0])
+        else:
+            tags, tag_chars = tags + 1, tag_chars + pos - start
+            if len(tag_names) < 3 and tag and f"<{tag}>" not in tag_names:
+                tag_names.append(f"<{tag}>")
         opens_speaker = tag in _BOLD and m[0][1] != "/" and _second_speaker(page, pos, buf)
         if tag in _BLOCK_TAGS or opens_speaker:
             flush()
             gap.append(tag)
     buf.append(page[pos:])
     flush()
+    if tags:
+        rule = removed.setdefault("markup tag", RuleCount())
+        rule.chars += tag_chars  # within lines: no line is dropped
+        rule.examples.extend(tag_names[: 3 - len(rule.examples)])
     return blocks, normalise_space(unescape(title[1])) if title else ""
+
+
+def _count_references(raw: str, text: str, removed: Removed) -> None:
+    """Character references decoded in one block (`raw` -> `text`), and those escaped
+    twice or more ("&amp;ndash;") told apart: the extra "amp;"s are what was fixed."""
+    for m in _ESCAPED_AGAIN.finditer(raw):
+        shown = raw[m.start() : raw.index(";", m.end()) + 1]  # the lookahead saw the ";"
+        rule = "reference escaped twice or more (fixed)"
+        removed.add(rule, shown, lines=0, chars=len(m[0]) - 1)
+    once = _ESCAPED_AGAIN.sub("&", raw)
+    found = _REFERENCE.findall(once)
+    if found:
+        rule = removed.setdefault("character reference decoded", RuleCount())
+        rule.chars += len(once) - len(text)
+        for ref in found:
+            if len(rule.examples) >= 3:
+                break
+            shown = f"{ref} -> {html.unescape(ref)}"
+            if shown not in rule.examples:
+                rule.examples.append(shown)
 
 
 def unescape(text: str) -> str:
@@ -179,7 +231,11 @@ def unescape(text: str) -> str:
 
 def normalise_space(text: str) -> str:
     """NBSP, tabs, newlines (CRLF too) and runs of spaces -> one space; invisible chars gone."""
-    text = _SPACE.sub(" ", text.translate(_INVISIBLE)).strip()
+    return _collapse_space(text.translate(_INVISIBLE))
+
+
+def _collapse_space(text: str) -> str:
+    text = _SPACE.sub(" ", text).strip()
     return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
@@ -273,7 +329,8 @@ def _episode_codes(blocks: list[_Block]) -> dict[str, str]:
 
 def parse_episode(page: str) -> Episode:
     """Parse one episode page (already decoded to str) into title, script lines and credits."""
-    blocks, page_title = _read_blocks(page)
+    removed = Removed()
+    blocks, page_title = _read_blocks(page, removed)
     codes = _episode_codes(blocks)
 
     title: str | None = None
@@ -294,20 +351,28 @@ def parse_episode(page: str) -> Episode:
         if credit:
             role, who = credit
             nxt = blocks[i + 1] if i + 1 < len(blocks) else None
+            shown, used = block.text, 1  # the text taken out, in how many blocks
             if not who and nxt is not None and nxt.soft and not _as_credit(nxt.text, in_header):
                 who = nxt.text  # "Final check by<br>Kim"
                 taken.add(i + 1)
+                shown, used = f"{shown} {who}", 2
             if role.lower().startswith("aired"):
                 aired = who
+                removed.add("air date line (kept as metadata)", shown, lines=used)
             else:
                 credits.append((role, who))
+                removed.add("credit line (kept as metadata)", shown, lines=used)
             last_was_utterance = False
             continue
         if in_header:
             if text.lower() == "friends":
+                removed.add("show name line", text)
                 continue
             if title is None and _scene_line(text) is None and text[:1] not in "[({":
                 title = _EPISODE_NUMBER.sub("", text).strip() or text
+                if len(title) < len(text):
+                    number = text[: len(text) - len(title)]
+                    removed.add("episode number before the title", number.strip(), lines=0)
                 continue
         scene = _scene_line(text)
         speaker = None if scene else _as_speaker_line(text, codes)
@@ -327,7 +392,7 @@ def parse_episode(page: str) -> Episode:
 
     if title is None:
         title = _EPISODE_NUMBER.sub("", page_title).strip() or None
-    return Episode(title=title, lines=lines, credits=credits, aired=aired)
+    return Episode(title=title, lines=lines, credits=credits, aired=aired, removed=removed)
 
 
 def clean_episode(data: bytes) -> Episode:

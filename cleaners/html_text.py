@@ -22,6 +22,8 @@ import unicodedata
 from bs4 import NavigableString, Tag
 from bs4.element import PreformattedString
 
+from cleaners.removed import Removed
+
 BLOCK_TAGS = frozenset(
     "address article aside blockquote center dd div dl dt figcaption figure footer h1 h2 h3"  # noqa: SIM905
     " h4 h5 h6 header hr main nav ol p section table ul".split()
@@ -55,6 +57,16 @@ class TextBuilder:
         self.parts: list[str] = []
         self.newlines = 0  # pending line breaks before the next text
         self.space = False  # pending inter-word space
+        self.invisible = 0  # INVISIBLE characters dropped
+        self.first_invisible = ""
+
+    def visible(self, s: str) -> str:
+        """s without INVISIBLE characters, counted."""
+        t = s.translate(INVISIBLE)
+        if len(t) < len(s):
+            self.invisible += len(s) - len(t)
+            self.first_invisible = self.first_invisible or next(c for c in s if ord(c) in INVISIBLE)
+        return t
 
     def _at_line_start(self) -> bool:
         return not self.parts or self.parts[-1].endswith("\n")
@@ -68,7 +80,7 @@ class TextBuilder:
         self.newlines = 0
 
     def text(self, s: str) -> None:
-        s = WHITESPACE.sub(" ", s.translate(INVISIBLE))
+        s = WHITESPACE.sub(" ", self.visible(s))
         if not s.strip():
             self.space = self.space or bool(s)
             return
@@ -102,15 +114,16 @@ class TextBuilder:
         return text if text.isascii() else unicodedata.normalize("NFC", text)
 
 
-def _verbatim(tag: Tag) -> str:
-    text = tag.get_text().translate(INVISIBLE).replace("\r\n", "\n").replace("\r", "\n")
+def _verbatim(tag: Tag, out: TextBuilder) -> str:
+    text = out.visible(tag.get_text()).replace("\r\n", "\n").replace("\r", "\n")
     text = text.replace("\f", "\n")  # a page break in a listing
     text = text.removeprefix("\n")  # HTML drops one newline right after <pre>
     return "\n".join(line.rstrip() for line in text.rstrip().split("\n"))
 
 
-def html_to_text(root: Tag) -> str:
-    """Plain text of `root` (see the module doc)."""
+def html_to_text(root: Tag, removed: Removed | None = None) -> str:
+    """Plain text of `root` (see the module doc); the invisible characters it dropped are
+    counted in `removed` when given."""
     out = TextBuilder()
     lists: list[list] = []  # [tag name, items so far] of enclosing ul/ol
     rows: list[int] = []  # cells so far in each enclosing tr
@@ -129,7 +142,7 @@ def html_to_text(root: Tag) -> str:
         name = node.name
         if name in VERBATIM_TAGS:
             out.block()
-            out.raw(_verbatim(node))
+            out.raw(_verbatim(node, out))
             out.block()
             continue
         if name == "br":
@@ -138,6 +151,9 @@ def html_to_text(root: Tag) -> str:
         _start(node, out, lists, rows)
         stack.append(("end", node))
         stack.extend(reversed(node.contents))
+    if out.invisible and removed is not None:
+        shown = f"U+{ord(out.first_invisible):04X}"
+        removed.add("invisible or control character", shown, lines=0, chars=out.invisible)
     return out.result()
 
 

@@ -10,6 +10,58 @@ import typer
 from scrapers.errors import IngestError
 
 
+def corpus_stats_lines(name: str, data_dir: Path | None = None) -> list[str]:
+    """`charflow corpora --stats NAME`: the corpus's manifest.json in words."""
+    from charflow import paths
+    from scrapers.ingest import describe_rule
+    from scrapers.registry import get_corpus
+    from scrapers.store import MANIFEST_FILE, read_manifest
+
+    spec = get_corpus(name)  # an unknown name: IngestError naming the known ones
+    folder = Path(data_dir or paths.data_dir()) / spec.name
+    m = read_manifest(folder)
+    if m is None:
+        raise IngestError(
+            f"corpus {spec.name} is not ingested yet (no {folder / MANIFEST_FILE}); "
+            f"run: charflow ingest {spec.name}"
+        )
+    options = ", ".join(f"{k}={v}" for k, v in (m.get("options") or {}).items()) or "none"
+    out = [
+        f"{spec.name}: {folder} (built {m.get('created_at', '?')}, code {m.get('code_version')})",
+        f"  source      {m.get('source')}",
+        f"  documents   {m['documents']:,} (from {m.get('fetched', '?')} raw items)",
+        f"  characters  {m['chars']:,} ({m.get('bytes', 0):,} bytes)",
+        f"  vocabulary  {m['vocab_size']:,} code points",
+        f"  options     {options}",
+        f"skipped: {len(m['skipped'])}",
+    ]
+    cleaning = m.get("cleaning")
+    if cleaning is None:
+        out.append("what cleaning removed: not recorded (ingested before it was; ingest again)")
+        return out
+    out += [f"  {count:6,}  {reason}" for reason, count in cleaning["skipped"].items()]
+    rules = sorted(cleaning["rules"].items(), key=lambda kv: (-kv[1]["chars"], kv[0]))
+    out.append(f"what cleaning removed: {len(rules)} rules" + ("" if rules else " (nothing)"))
+    for rule, row in rules:
+        out.append(f"  {rule}: {describe_rule(row)}")
+        out += [f"      e.g. {e['text']!r}  ({e['source']})" for e in row["examples"]]
+    near = cleaning["near_duplicates"]
+    if near["action"] == "off":
+        out.append("near-duplicates: not looked for (near_dup_threshold=0)")
+        return out
+    what = "dropped" if near["action"] == "dropped" else "kept (--option dedup=near drops them)"
+    out.append(f"near-duplicates (similarity >= {near['threshold']}): {near['found']}, {what}")
+    for p in near["pairs"]:
+        doc = f"document {p['id']}" if p["id"] is not None else "dropped"
+        out.append(
+            f"  {p['similarity']:.2f}  {doc} {p['title'] or ''} ({p['source']})"
+            f"  ~  document {p['of_id']} {p['of_title'] or ''} ({p['of_source']})"
+        )
+    if near["found"] > len(near["pairs"]):
+        out.append(f"  ... {near['found'] - len(near['pairs'])} more in {folder / MANIFEST_FILE}")
+    return out
+
+
 def _parse_options(pairs: list[str]) -> dict[str, str]:
     options = {}
     for pair in pairs:
@@ -20,10 +72,24 @@ def _parse_options(pairs: list[str]) -> dict[str, str]:
     return options
 
 
-def corpora() -> None:
-    """List the registered corpora with their default sources."""
+def corpora(
+    stats: str | None = typer.Option(
+        None, "--stats", metavar="NAME", help="print an ingested corpus's statistics instead"
+    ),
+    data_dir: Path | None = typer.Option(
+        None,
+        "--data-dir",
+        help="with --stats: corpora live in DIR/NAME (default: $CHARFLOW_HOME/data)",
+    ),
+) -> None:
+    """List the registered corpora with their default sources (--stats NAME: what an
+    ingested corpus holds, what was skipped and what cleaning removed)."""
     from scrapers.registry import list_corpora
 
+    if stats is not None:
+        for line in corpus_stats_lines(stats, data_dir):
+            typer.echo(line)
+        return
     specs = list_corpora()
     if not specs:
         typer.echo("no corpora registered")

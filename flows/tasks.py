@@ -29,7 +29,7 @@ from charflow.files import file_sha256
 from flows.host_limits import host_limit_name
 from scrapers.errors import IngestError
 from scrapers.fetch import Fetcher
-from scrapers.ingest import gather_raw, resolve_options, write_corpus
+from scrapers.ingest import cleaning_rows, gather_raw, resolve_options, write_corpus
 from scrapers.registry import RawItem, Skipped, get_corpus
 from scrapers.store import RAW_DIR, read_manifest
 from training.config import TrainConfig
@@ -215,6 +215,7 @@ def report_corpus(corpus: str, manifest: dict, snapshot: RawSnapshot, rebuilt: b
         ("corpus sha256", manifest["corpus_sha256"][:16]),
         ("cleaned this run", "yes" if rebuilt else "no (cached: raw bytes and code unchanged)"),
         ("source", manifest["source"]),
+        *cleaning_rows(manifest),  # skips by reason, what each cleaning rule removed
     ]  # fmt: skip
     create_table_artifact(
         key=artifact_key("corpus", corpus),

@@ -28,7 +28,7 @@ from charflow.files import file_sha256
 from cleaners.chinese import EncodingError, decode_chinese, split_novel, to_simplified
 from scrapers.errors import IngestError
 from scrapers.fetch import is_url
-from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped
+from scrapers.registry import CleaningStats, CorpusSpec, Document, GatherContext, RawItem, Skipped
 
 OPTIONS = {
     "to_simplified": False,  # convert Traditional characters to Simplified (OpenCC)
@@ -80,7 +80,7 @@ def title_from_source(source: str) -> str | None:
     return stem.strip() or None
 
 
-def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
+def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped | CleaningStats]:
     try:
         decoded = decode_chinese(item.path.read_bytes())
     except EncodingError as err:
@@ -92,6 +92,7 @@ def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
         item.meta.get("part") if one_chapter_files else None,
         keep_extras=bool(options.get("keep_extras")),
     )
+    yield CleaningStats(item.source, novel.removed)
     for section in novel.sections:
         if not section.kept:
             yield Skipped(f"{item.source} ({section.what})", section.reason)

@@ -18,7 +18,15 @@ from cleaners.friends_html import clean_episode, index_entries
 from scrapers.errors import IngestError
 from scrapers.fetch import is_url
 from scrapers.index_pages import fetch_pages, read_index
-from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped, register
+from scrapers.registry import (
+    CleaningStats,
+    CorpusSpec,
+    Document,
+    GatherContext,
+    RawItem,
+    Skipped,
+    register,
+)
 
 REPOSITORY = "https://raw.githubusercontent.com/fangj/friends"
 COMMIT = "0e0e7b0f08c0ccb4a80b4f3beab22fbaa1ccca91"  # 2016-10-02, the last one
@@ -63,8 +71,9 @@ def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
     yield from fetch_pages(ctx, {page: episode_meta(page, t) for page, t in episodes.items()})
 
 
-def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped]:
+def clean(item: RawItem, options: dict) -> Iterator[Document | Skipped | CleaningStats]:
     episode = clean_episode(item.path.read_bytes())
+    yield CleaningStats(item.source, episode.removed)
     if not episode.lines:
         yield Skipped(item.source, "no script lines found on the page")
         return

@@ -9,7 +9,15 @@ from urllib.parse import urlsplit
 from cleaners.essay_html import index_links, parse_essay
 from scrapers.fetch import is_url
 from scrapers.index_pages import fetch_pages, read_index
-from scrapers.registry import CorpusSpec, Document, GatherContext, RawItem, Skipped, register
+from scrapers.registry import (
+    CleaningStats,
+    CorpusSpec,
+    Document,
+    GatherContext,
+    RawItem,
+    Skipped,
+    register,
+)
 
 # Pages the index links to that are not essays: the home page (logo), the feed, itself.
 NOT_ESSAYS = frozenset({"index.html", "rss.html", "articles.html", ""})
@@ -32,9 +40,10 @@ def gather(ctx: GatherContext) -> Iterator[RawItem | Skipped]:
     yield from fetch_pages(ctx, {essay: {} for essay in essays})
 
 
-def clean(item: RawItem, options: dict) -> Iterator[Document]:
+def clean(item: RawItem, options: dict) -> Iterator[Document | CleaningStats]:
     essay = parse_essay(item.path.read_bytes())
     slug = urlsplit(item.source).path.rsplit("/", 1)[-1].removesuffix(".html")
+    yield CleaningStats(item.source, essay.removed)
     yield Document(essay.text, item.source, essay.title, essay.date, meta={"slug": slug})
 
 

@@ -11,12 +11,13 @@ import importlib
 import logging
 import pkgutil
 import threading
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from cleaners.removed import RuleCount
 from scrapers.errors import IngestError
 
 if TYPE_CHECKING:
@@ -26,6 +27,7 @@ ENTRY_POINT_GROUP = "charflow.corpora"
 # Modules of the framework itself; every other module in scrapers/ is a corpus.
 FRAMEWORK_MODULES = {
     "registry", "fetch", "index_pages", "store", "ingest", "mirror", "errors", "__main__",
+    "near_duplicates",
 }  # fmt: skip
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,16 @@ class Document:
     meta: dict = field(default_factory=dict)
 
 
+@dataclass(frozen=True)
+class CleaningStats:
+    """What the cleaner left out of one raw item, by rule: a cleaner's `clean()` may yield
+    one besides its Documents and Skipped. The ingest adds them up for the manifest
+    (`cleaning.rules`): rule -> lines, chars, items, examples."""
+
+    source: str
+    rules: Mapping[str, RuleCount]
+
+
 def _ignore(_: int) -> None:
     return None
 
@@ -80,7 +92,8 @@ class CorpusSpec:
     description: str
     default_source: str  # URL (http/https/git) or local path
     gather: Callable[[GatherContext], Iterator[RawItem | Skipped]]  # network/filesystem
-    clean: Callable[[RawItem, dict], Iterable[Document | Skipped]]  # pure: bytes -> documents
+    # pure: bytes -> documents (and skips, and what cleaning left out: CleaningStats)
+    clean: Callable[[RawItem, dict], Iterable[Document | Skipped | CleaningStats]]
     mirror_path: str | None = None  # source inside a mirror laid out like ../shared/corpora
     training_defaults: dict = field(default_factory=dict)  # TrainConfig overrides
     options: dict = field(default_factory=dict)  # corpus options and their defaults

@@ -292,6 +292,8 @@ class CorpusWriter:
             "code_version": code_version(),
             "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
         }
+        if "cleaning" in manifest:  # what cleaning removed (scrapers/ingest.py): long, last
+            manifest["cleaning"] = manifest.pop("cleaning")
         previous = read_manifest(self.target)
         if previous is not None and _same_corpus(previous, manifest, self.target):
             self.abort()

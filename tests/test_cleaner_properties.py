@@ -32,7 +32,7 @@ from cleaners.friends_html import parse_episode
 from cleaners.html_text import html_to_text
 from cleaners.shuttleset import ShuttleSetError, parse_matches, parse_set, rally_text
 from scrapers import chinese_novel, friends, kubernetes_go, paulgraham
-from scrapers.registry import Document, RawItem, Skipped
+from scrapers.registry import CleaningStats, Document, RawItem, Skipped
 from scrapers.store import SEPARATOR
 from tests.mirror_fixtures import CORPORA
 
@@ -63,18 +63,27 @@ def assert_clean_text(text: str, control: re.Pattern = CONTROL) -> None:
     assert SEPARATOR not in text and "\x1e" not in text
 
 
-def outputs_of(clean, data: bytes, meta: dict | None = None, options: dict | None = None):
-    """What a corpus's clean() makes of `data` as a raw item, as comparable tuples."""
+def outputs_of(
+    clean, data: bytes, meta: dict | None = None, options: dict | None = None, removed=False
+):
+    """What a corpus's clean() makes of `data` as a raw item, as comparable tuples (what
+    cleaning removed, CleaningStats, checked, and among them when `removed`)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "item"
         path.write_bytes(data)
         item = RawItem("test://item", path, dict(meta or {}))
         out = list(clean(item, dict(options or {})))
-    assert out, "neither a document nor a skip"
+    assert any(not isinstance(x, CleaningStats) for x in out), "neither a document nor a skip"
     result = []
     for x in out:
-        assert isinstance(x, Document | Skipped), type(x)
-        if isinstance(x, Skipped):
+        assert isinstance(x, Document | Skipped | CleaningStats), type(x)
+        if isinstance(x, CleaningStats):  # what cleaning removed: well-formed counts
+            for rule, count in x.rules.items():
+                assert rule and count.lines >= 0 and count.chars >= 0, (rule, count)
+                assert len(count.examples) <= 3 and all("\n" not in e for e in count.examples)
+            if removed:
+                result.append(("removed", x.source, repr(dict(x.rules))))
+        elif isinstance(x, Skipped):
             assert isinstance(x.reason, str) and x.reason.strip()
             result.append(("skip", x.source, x.reason))
         else:
@@ -83,11 +92,11 @@ def outputs_of(clean, data: bytes, meta: dict | None = None, options: dict | Non
 
 
 def check_clean(clean, data: bytes, control=CONTROL, **kw) -> None:
-    first = outputs_of(clean, data, **kw)
+    first = outputs_of(clean, data, removed=True, **kw)
     for kind, text, *_ in first:
         if kind == "doc":
             assert_clean_text(text, control)
-    assert outputs_of(clean, data, **kw) == first  # deterministic
+    assert outputs_of(clean, data, removed=True, **kw) == first  # deterministic
 
 
 # ---------------------------------------------------------------- inputs

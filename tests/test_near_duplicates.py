@@ -1,16 +1,29 @@
 """Near-duplicate documents (MinHash LSH): real essays and chapters, lightly edited copies
-of them found, unrelated texts never grouped, groups anchored on the first document."""
+of them found, unrelated texts never grouped, groups anchored on the first document; in
+the ingest of any corpus, reported in the manifest or dropped with dedup=near."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import random
 import re
+from pathlib import Path
 
 import pytest
 
 from cleaners.chinese import decode_chinese, split_novel
 from cleaners.essay_html import parse_essay
+from scrapers.errors import IngestError
+from scrapers.fetch import Fetcher
+from scrapers.ingest import (
+    ShingleArrayFinder,
+    ingest,
+    near_duplicate_settings,
+    resolve_options,
+)
 from scrapers.near_duplicates import NearDuplicateFinder, near_duplicate_groups, shingles
+from scrapers.registry import get_corpus
 from tests.mirror_fixtures import CORPORA
 
 
@@ -127,3 +140,147 @@ def test_bad_parameters():
     finder.add("x", "text")
     with pytest.raises(ValueError, match="added twice"):
         finder.add("x", "text")
+
+
+# -- in the ingest: every corpus, reported or dropped (dedup=near) ------------------------------
+
+ESSAY_INDEX = """<html><body><table>
+<tr><td><font face="verdana"><a href="avg.html">Beating the Averages</a></font></td></tr>
+<tr><td><font face="verdana"><a href="hwh.html">How to Work Hard</a></font></td></tr>
+<tr><td><font face="verdana"><a href="avg-again.html">Beating the Averages</a></font></td></tr>
+</table></body></html>
+"""
+SIMILARITY = r"(?:0\.9\d|1\.00)"  # a few words in 40,000 characters: estimated 0.97-1
+
+
+@pytest.fixture
+def reposted_essay(tmp_path) -> Path:
+    """A Paul Graham-style mirror folder: an index page and three essays, the third a
+    copy of the first with a few words changed (another site's repost of it)."""
+    folder = tmp_path / "site"
+    folder.mkdir()
+    (folder / "articles.html").write_text(ESSAY_INDEX, encoding="utf-8")
+    for page in ("avg.html", "hwh.html"):
+        (folder / page).write_bytes((CORPORA / "paulgraham" / page).read_bytes())
+    avg = (CORPORA / "paulgraham" / "avg.html").read_bytes()
+    edited = avg.replace(b"Viaweb", b"our startup", 2).replace(b" Lisp ", b" a Lisp ", 2)
+    assert edited != avg
+    (folder / "avg-again.html").write_bytes(edited)
+    return folder / "articles.html"
+
+
+def ingest_essays(index: Path, data: Path, **options) -> dict:
+    with Fetcher(rate_limit=None) as fetcher:
+        return ingest(
+            "paulgraham", str(index), data_dir=data, options=options, fetcher=fetcher
+        ).manifest
+
+
+def test_a_near_duplicate_is_reported_and_kept_by_default(reposted_essay, tmp_path):
+    m = ingest_essays(reposted_essay, tmp_path / "data")
+    assert m["documents"] == 3 and m["skipped"] == [] and m["options"] == {}
+    near = m["cleaning"]["near_duplicates"]
+    assert (near["threshold"], near["action"], near["found"]) == (0.8, "reported", 1)
+    (pair,) = near["pairs"]
+    assert pair["source"].endswith("/avg-again.html") and pair["id"] == 2
+    assert pair["of_source"].endswith("/avg.html") and pair["of_id"] == 0
+    assert pair["title"] == pair["of_title"] == "Beating the Averages"
+    assert 0.9 <= pair["similarity"] <= 1.0
+    rows = (tmp_path / "data" / "paulgraham" / "documents.jsonl").read_text().splitlines()
+    digests = [json.loads(row)["sha256"] for row in rows]
+    assert len(set(digests)) == 3  # near, not exact, duplicates
+
+
+def test_dedup_near_drops_it_as_a_recorded_skip(reposted_essay, tmp_path):
+    m = ingest_essays(reposted_essay, tmp_path / "data", dedup="near")
+    assert m["documents"] == 2 and m["options"] == {"dedup": "near"}
+    (skip,) = m["skipped"]
+    assert skip["source"].endswith("/avg-again.html")
+    assert re.fullmatch(
+        rf"near-duplicate of document 0 “Beating the Averages” \(similarity {SIMILARITY}\)",
+        skip["reason"],
+    ), skip["reason"]
+    cleaning = m["cleaning"]
+    assert cleaning["skipped"] == {"near-duplicate": 1}
+    assert cleaning["near_duplicates"]["action"] == "dropped"
+    assert cleaning["near_duplicates"]["pairs"][0]["id"] is None  # never written
+    rows = (tmp_path / "data" / "paulgraham" / "documents.jsonl").read_text().splitlines()
+    assert [json.loads(row)["slug"] for row in rows] == ["avg", "hwh"]
+
+
+def test_the_threshold_and_off(reposted_essay, tmp_path):
+    m = ingest_essays(reposted_essay, tmp_path / "data", near_dup_threshold="0")
+    assert m["cleaning"]["near_duplicates"] == {
+        "threshold": 0.0, "action": "off", "found": 0, "pairs": []
+    }  # fmt: skip
+    assert m["options"] == {"near_dup_threshold": 0.0}
+
+
+def test_dedup_from_the_command_line_and_in_the_stats(reposted_essay, tmp_path, charflow):
+    data = tmp_path / "data"
+    code, _, err = charflow(
+        "ingest", "paulgraham", "--source", reposted_essay, "--data-dir", data,
+        "--option", "dedup=near", "--option", "near_dup_threshold=0.85", "--no-progress",
+    )  # fmt: skip
+    assert code == 0, err
+    code, out, err = charflow("corpora", "--stats", "paulgraham", "--data-dir", data)
+    assert code == 0, err
+    lines = out.splitlines()
+    assert "  options     dedup=near, near_dup_threshold=0.85" in lines
+    assert "       1  near-duplicate" in lines
+    at = lines.index("near-duplicates (similarity >= 0.85): 1, dropped")
+    assert re.fullmatch(
+        rf"  {SIMILARITY}  dropped Beating the Averages \(.*/avg-again\.html\)"
+        r"  ~  document 0 Beating the Averages \(.*/avg\.html\)",
+        lines[at + 1],
+    ), lines[at + 1]
+
+
+def test_ingest_options_are_checked_for_every_corpus():
+    essays, novel = get_corpus("paulgraham"), get_corpus("novel")
+    assert resolve_options(essays, {}) == {}
+    assert resolve_options(essays, {"dedup": "NEAR", "near_dup_threshold": "0.9"}) == {
+        "dedup": "near",
+        "near_dup_threshold": 0.9,
+    }
+    assert resolve_options(novel, {"dedup": "near"}) == {**novel.options, "dedup": "near"}
+    with pytest.raises(IngestError, match="dedup='maybe': expected one of none, near"):
+        resolve_options(essays, {"dedup": "maybe"})
+    with pytest.raises(IngestError, match="near_dup_threshold=1.5: expected 0"):
+        resolve_options(essays, {"near_dup_threshold": "1.5"})
+    with pytest.raises(IngestError, match="near_dup_threshold='high': expected a float"):
+        resolve_options(essays, {"near_dup_threshold": "high"})
+    with pytest.raises(IngestError, match=r"unknown option\(s\) \['dedupe'\].*every corpus: dedup"):
+        resolve_options(essays, {"dedupe": "near"})
+    with pytest.raises(IngestError, match="dedup=near needs near_dup_threshold > 0"):
+        near_duplicate_settings(resolve_options(essays, {"dedup": "near", "near_dup_threshold": 0}))
+
+
+def test_the_ingest_minhash_estimates_like_the_library(essays):
+    """ShingleArrayFinder (numpy, whole text at once) and the library's per-shingle
+    MinHash estimate the same Jaccard similarity of the same shingle sets."""
+    names = sorted(essays)[:12]
+    texts = [essays[n] for n in names] + [edit_words(essays[names[0]], 0.03, seed=4)]
+    fast, slow = ShingleArrayFinder(0.8), NearDuplicateFinder(0.8)
+    fast_hashes = [fast.minhash(t) for t in texts]
+    slow_hashes = [slow.minhash(t) for t in texts]
+    sets = [shingles(t) for t in texts]
+    for i, j in itertools.combinations(range(len(texts)), 2):
+        exact = len(sets[i] & sets[j]) / len(sets[i] | sets[j])
+        assert abs(fast_hashes[i].jaccard(fast_hashes[j]) - exact) < 0.12, (i, j, exact)
+        assert abs(slow_hashes[i].jaccard(slow_hashes[j]) - exact) < 0.12, (i, j, exact)
+    assert fast.minhash("A  b\nC").jaccard(fast.minhash("a b c")) == 1.0  # same shingles
+    assert fast.minhash(" \n ") is None and fast.minhash("Hi").jaccard(fast.minhash("HI")) == 1.0
+
+
+def test_the_ingest_finder_finds_the_same_groups(essays):
+    names = sorted(essays)[:30]
+    docs = [(n, essays[n]) for n in names] + [
+        (f"{n} ({how})", copy) for n in names[:3] for how, copy in copies(essays[n]).items()
+    ]
+    fast = ShingleArrayFinder(0.8)
+    found = {doc_id: fast.add(doc_id, text) for doc_id, text in docs}
+    groups = near_duplicate_groups(docs, threshold=0.8)
+    assert {d: m[0] for d, m in found.items() if m} == {
+        d: g.keep for g in groups for d, _ in g.duplicates
+    }
