@@ -8,6 +8,7 @@ training/loop.py.
 
 from __future__ import annotations
 
+import json
 import math
 import sys
 from contextlib import ExitStack
@@ -18,7 +19,7 @@ from charflow.version import code_version, git_commit
 from training import distributed
 from training.checkpoint import load_resumable
 from training.config import TrainConfig
-from training.data import corpus_name, prepare_dataset
+from training.data import corpus_manifest, corpus_name, prepare_dataset
 from training.errors import TrainingError
 from training.learned import log_learned, what_it_learned
 from training.loop import fit
@@ -27,6 +28,9 @@ from training.reporting import Console, MLflowReporter, Reporter, Reporters
 from training.run import Run, best_test_loss, build_run, check_splits, load_best, restore
 from training.run_dir import RunDirLock, latest_run_dir, new_run_dir, prepare_run_dir
 from training.units import bits
+
+# Manifest fields a run keeps as corpus/stats.json (scrapers/store.py writes them).
+CORPUS_STATS = ("name", "source", "documents", "chars", "vocab_size", "skipped", "cleaning")
 
 
 @dataclass
@@ -116,6 +120,8 @@ def train(
                     run_name or default_run_name(corpus, cfg),
                     tags={**source_tags(), **(run_tags or {})},
                     run_id=run.state.run_id,
+                    journal_dir=out_dir,  # records wait here while the store is away
+                    notify=report.log,
                 )
             )
             run.state.run_id = tracker.run_id
@@ -205,6 +211,10 @@ def _log_run_inputs(tracker, run: Run) -> None:
         vocab_size=len(data.vocab),
         num_documents=data.num_documents,
     )
+    manifest = corpus_manifest(data.source)
+    if manifest:  # audit a source in the UI: what the corpus holds and what cleaning removed
+        stats = {k: manifest.get(k) for k in CORPUS_STATS if k in manifest}
+        tracker.log_text(json.dumps(stats, indent=1, ensure_ascii=False), "corpus/stats.json")
 
 
 def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter) -> None:
