@@ -66,8 +66,9 @@ def wait_round(procs: list[subprocess.Popen], round_: int) -> list[str]:
     """Each registrar's report of round `round_` (a registrar that fails: its stderr)."""
     reports = []
     for proc in procs:
-        line = proc.stdout.readline()
-        if not line.startswith(f"round {round_} "):
+        while (line := proc.stdout.readline()) and not line.startswith(f"round {round_} "):
+            pass  # anything else a registrar prints
+        if not line:
             _, err = proc.communicate(timeout=60)
             raise AssertionError(f"a registrar failed in round {round_}:\n{err[-3000:]}")
         reports.append(line.strip())
