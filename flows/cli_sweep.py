@@ -1,5 +1,5 @@
-"""`charflow sweep` and `charflow compare`: thin commands over training/sweep.py and
-training/comparison.py (torch and MLflow load lazily)."""
+"""`charflow sweep` and `charflow compare`: thin commands over training/sweep*.py and
+training/comparison*.py (torch and MLflow load lazily)."""
 
 from __future__ import annotations
 
@@ -43,9 +43,9 @@ def sweep(
     ),
 ) -> None:
     """Train every configuration of a grid as child runs of one MLflow run, then compare."""
-    from training.comparison import text_table
-    from training.mlflow_setup import user_tags
-    from training.sweep import run_sweep
+    from training.comparison_report import text_table
+    from training.mlflow_names import user_tags
+    from training.sweep_workers import run_sweep
 
     name, path = resolve_corpus(corpus, source)
     budget = dict(max_seconds=max_seconds, max_chars=max_chars, hidden_size=hidden)
@@ -102,7 +102,7 @@ def resolve_corpus(corpus: str, source: Path | None) -> tuple[str, Path]:
 def sweep_configs(name: str, grid: str, preset: str, flags: dict, settings: list[str]) -> list:
     """Every configuration, checked: the preset and the corpus's defaults, then the grid,
     with the flags and --set values fixed for every run."""
-    from training.sweep import build_configs, load_grid
+    from training.sweep_grid import build_configs, load_grid
 
     base, fixed = base_config(name, preset, flags, settings)
     return build_configs(base, load_grid(grid), fixed)
@@ -113,8 +113,10 @@ def search_space(
 ) -> tuple:
     """(every trial's settings before the searched ones, the checked search space)."""
     from training.search import load_space
-    from training.sweep import BUILTIN_GRIDS, build_configs
+    from training.sweep_grid import BUILTIN_GRIDS, build_configs
 
+    if search is None:
+        raise TrainingError("--trials counts the trials of a search: add --search optuna")
     if search != "optuna":
         raise TrainingError(f"--search {search}: the one search is optuna (--search optuna)")
     if grid in BUILTIN_GRIDS:
@@ -146,7 +148,8 @@ def compare(
     ),
 ) -> None:
     """The comparison table of sweeps (their children) and runs, as a sweep logs it."""
-    from training.comparison import compare_runs, find_runs, text_table
+    from training.comparison import compare_runs, find_runs
+    from training.comparison_report import text_table
     from training.mlflow_setup import mlflow_client
 
     client = mlflow_client()

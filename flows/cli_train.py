@@ -61,7 +61,7 @@ def train(
     from training.checkpoint import resume_config
     from training.config import TrainConfig, build_config, parse_assignments
     from training.data import corpus_name
-    from training.mlflow_setup import user_tags
+    from training.mlflow_names import user_tags
     from training.run_dir import latest_run_dir, new_run_dir
     from training.train import train as run_training
     from training.units import bits

@@ -74,7 +74,7 @@ def _plain(result: ChildResult | None) -> dict[str, Any] | None:
 
 def _in_process(fn: Callable, args: tuple, threads: int, gpu: int | None):
     """fn(*args) in a spawned process on `threads` torch threads (pinned to `gpu`)."""
-    from training.sweep import _init_worker
+    from training.sweep_workers import _init_worker
 
     context = multiprocessing.get_context("spawn")  # no forked torch or MLflow state
     slots = context.Queue()
@@ -91,7 +91,7 @@ def train_configuration(
 ) -> ChildResult:
     """One configuration as a child run, in a process of its own (its output in the
     child's train.log, attached to the run)."""
-    from training.sweep import _child_in_worker
+    from training.sweep_workers import _child_in_worker
 
     return _in_process(_child_in_worker, (sweep, index), threads, gpu)
 
@@ -160,7 +160,8 @@ def sweep_child_flow(
         result = run_trial(local, Search.from_dict(search), seed_offset=ordinal)
         logger.info("%s", describe_trial(result, 1, 1))
     else:
-        from training.sweep import describe_result, run_child
+        from training.sweep import run_child
+        from training.sweep_workers import describe_result
 
         if index is None:
             raise ValueError("give index (a configuration) or search (a trial)")
@@ -174,7 +175,7 @@ def _here(sweep: Sweep, data_dir: str | None) -> Sweep:
     keep checkpoints under this machine's CHARFLOW_HOME, read the corpus where it is here."""
     from charflow.paths import checkpoints_dir
     from training.mlflow_setup import sqlite_path
-    from training.sweep import _slug
+    from training.sweep_grid import _slug
 
     db = sqlite_path(sweep.tracking_uri)
     if db is not None and not db.exists():
@@ -247,8 +248,9 @@ def sweep_flow(
         else optuna.db beside MLflow's store).
     """
     from flows.cli_sweep import resolve_corpus, search_space, sweep_configs
-    from training.comparison import text_table
-    from training.sweep import _as_text, plan_workers
+    from training.comparison_report import text_table
+    from training.sweep_grid import _as_text
+    from training.sweep_workers import plan_workers
 
     logger = get_run_logger()
     if fan_out not in FAN_OUTS:
@@ -332,7 +334,7 @@ def sweep_flow(
             results = [_grid_result(sweep, job, outcomes[job], on_pool) for job in jobs]
             comparison = finish_sweep(sweep, results)
     except BaseException as err:  # the parent run must not stay RUNNING
-        from training.sweep import _end_parent
+        from training.sweep_records import _end_parent
 
         _end_parent(sweep, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
         raise
@@ -376,7 +378,7 @@ def _at_most(jobs: list[int], at_once: int, submit: Callable[[int, int], Any]):
 
 def _describe(future, job: int, finished: int, total: int, search: str | None) -> str:
     from training.search import describe_trial
-    from training.sweep import describe_result
+    from training.sweep_workers import describe_result
 
     if future.state.is_failed() or future.state.is_crashed():
         return f"[{finished}/{total}] child {job}: {future.state.name}: {future.state.message}"
@@ -392,7 +394,8 @@ def _grid_result(sweep: Sweep, index: int, future, on_pool: bool) -> ChildResult
     """The child's result: the task's own, or (pool) read back from MLflow, since the
     flow run's return value stays on its worker. A child that never made a run (its task
     or flow run crashed first) is recorded as a FAILED run with the reason."""
-    from training.sweep import _child_tags, _record_failure
+    from training.sweep import _child_tags
+    from training.sweep_records import _record_failure
 
     cfg = sweep.configs[index]
     name = sweep.child_run_name(cfg)
@@ -413,7 +416,8 @@ def _grid_result(sweep: Sweep, index: int, future, on_pool: bool) -> ChildResult
 
 
 def _child_run(sweep: Sweep, index: int):
-    from training.mlflow_setup import CHILD_TAG, mlflow_client
+    from training.mlflow_names import CHILD_TAG
+    from training.mlflow_setup import mlflow_client
 
     child = f"{sweep.parent_run_id}/{sweep.child_dir(index, sweep.configs[index]).name}"
     found = mlflow_client().search_runs(

@@ -13,15 +13,9 @@ from urllib.parse import parse_qs, unquote, urlsplit
 import pytest
 from mlflow.entities import Metric, Param
 
-from training import mlflow_setup
-from training.comparison import (
-    compare_runs,
-    find_runs,
-    log_comparison,
-    render_report,
-    sample_html,
-    text_table,
-)
+from training import mlflow_names, mlflow_setup
+from training.comparison import compare_runs, find_runs
+from training.comparison_report import log_comparison, render_report, sample_html, text_table
 from training.errors import TrainingError
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -139,7 +133,7 @@ def test_text_table_is_aligned_and_lists_failures(three_runs):
 def test_report_is_one_page_with_escaped_samples_side_by_side(three_runs):
     client = mlflow_setup.mlflow_client()
     comparison = compared(three_runs)
-    from training.comparison import final_samples
+    from training.comparison_report import final_samples
 
     samples = [final_samples(client, run) for run in comparison.runs]
     assert samples[0] == {"T=0.5": "<b>ROMEO</b> & co\x1eJULIET", "T=1.0": "the end"}
@@ -248,13 +242,13 @@ def test_links_open_the_model_training_view(monkeypatch):
 
 
 def test_user_tags_refuse_reserved_and_repeated_keys():
-    assert mlflow_setup.user_tags(["team=nlp", "goal = baseline"]) == {
+    assert mlflow_names.user_tags(["team=nlp", "goal = baseline"]) == {
         "team": "nlp",
         "goal": "baseline",
     }
     with pytest.raises(TrainingError, match=r"tag 'mlflow.parentRunId' is reserved"):
-        mlflow_setup.user_tags(["mlflow.parentRunId=abc"])
+        mlflow_names.user_tags(["mlflow.parentRunId=abc"])
     with pytest.raises(TrainingError, match="team is given twice"):
-        mlflow_setup.user_tags(["team=a", "team=b"])
+        mlflow_names.user_tags(["team=a", "team=b"])
     with pytest.raises(TrainingError, match="not of the form key=value"):
-        mlflow_setup.user_tags(["team"])
+        mlflow_names.user_tags(["team"])

@@ -15,18 +15,15 @@ import pytest
 from training import mlflow_setup
 from training.config import TrainConfig, build_config
 from training.errors import TrainingError
-from training.sweep import (
+from training.sweep import finish_sweep, run_child, start_sweep
+from training.sweep_grid import (
     ARCHITECTURES,
     UNBOUNDED_STEPS,
     build_configs,
-    finish_sweep,
     load_grid,
-    plan_workers,
-    run_child,
-    run_sweep,
-    start_sweep,
     varied_settings,
 )
+from training.sweep_workers import plan_workers, run_sweep
 
 TINY = build_config("tiny")
 

@@ -1,9 +1,10 @@
-"""Where charflow's MLflow store is and what things in it are called.
+"""Where charflow's MLflow store is, how to reach it, and where its UI shows a run.
 
 The store defaults to SQLite in `mlruns/` (MLflow >= 3.7 gates the plain file store) with
 artifacts beside it in `mlruns/artifacts/`; `MLFLOW_TRACKING_URI` points everything at a
 server instead (then the server decides where artifacts go). One experiment per corpus
-(`charflow/<corpus>`), one registered model per corpus (`charflow-<corpus>`).
+(`charflow/<corpus>`), one registered model per corpus (`charflow-<corpus>`); what things
+are called is training/mlflow_names.py.
 
 Importing this module does not import mlflow, so the CLI can set the environment MLflow
 reads at its own import (see `set_mlflow_env_defaults`) before anything imports it.
@@ -21,7 +22,6 @@ import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
@@ -30,35 +30,11 @@ from urllib.parse import quote
 
 from charflow.paths import charflow_home
 from training.errors import TrainingError
+from training.mlflow_names import default_run_name as default_run_name  # train.py's import
+from training.mlflow_names import experiment_name
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
-
-    from training.config import TrainConfig
-
-# Loss in nats/char; bpc (bits/char) = loss / ln 2. The same names in every run, so the
-# MLflow UI can compare any two runs of a corpus side by side.
-METRICS = (
-    "train_loss",
-    "train_bpc",
-    "val_loss",
-    "val_bpc",
-    "test_loss",
-    "test_bpc",
-    "lr",
-    "grad_norm",
-    "chars_per_sec",
-)
-EXPERIMENT_PREFIX = "charflow/"
-MODEL_PREFIX = "charflow-"
-CHAMPION_ALIAS = "champion"
-MODEL_NAME = "model"  # the logged model's name in its run: runs:/<run_id>/model
-# A sweep: one parent run, a nested child run per configuration (training/sweep.py).
-SWEEP_TAG = "charflow.sweep"  # the sweep's name, on the parent and on every child
-ROLE_TAG = "charflow.role"  # "sweep" on the parent, "child" on the children
-CHILD_TAG = "charflow.child"  # <parent run id>/<child folder>: finds a child in any state
-INDEX_TAG = "charflow.child_index"  # the child's place in the grid
-PARENT_TAG = "mlflow.parentRunId"  # MLflow's own: the UI nests a child under its parent
 
 ENV_DEFAULTS = {
     # mlflow decides at `import mlflow` whether to send usage telemetry.
@@ -310,8 +286,6 @@ def mlflow_client() -> MlflowClient:
 # The MLflow UI opens an experiment in its GenAI view unless told otherwise; charflow's runs
 # are model trainings, so every link asks for the model-training view.
 UI_VIEW = "workflowType=machine_learning"
-# Tags charflow and MLflow set themselves; a user's --tag may not shadow them.
-RESERVED_TAG_PREFIXES = ("mlflow.", "charflow.")
 
 
 def ui_base_url(tracking_uri: str | None = None) -> str:
@@ -335,39 +309,6 @@ def ui_compare_url(
     experiments = quote(json.dumps(sorted(set(experiment_ids)), separators=(",", ":")), safe="")
     query = f"runs={runs}&experiments={experiments}&{UI_VIEW}"
     return f"{ui_base_url(tracking_uri)}/#/compare-runs?{query}"
-
-
-def architecture(cfg: TrainConfig) -> str:
-    """`lstm2x256`: model type, layers x hidden size."""
-    return f"{cfg.model}{cfg.num_layers}x{cfg.hidden_size}"
-
-
-def default_run_name(corpus: str, cfg: TrainConfig) -> str:
-    """`paulgraham-lstm2x256-0612-153012`: what was trained on what, and when (MLflow would
-    otherwise pick random words)."""
-    return f"{corpus}-{architecture(cfg)}-{time.strftime('%m%d-%H%M%S')}"
-
-
-def user_tags(items: Iterable[str]) -> dict[str, str]:
-    """["team=nlp", "goal=baseline"] -> tags; each key once, none in MLflow's or charflow's
-    own namespaces (a user's `mlflow.parentRunId` would re-parent the run)."""
-    from training.config import parse_assignments  # not at import: it loads torch
-
-    tags = parse_assignments(items)
-    for key in tags:
-        if key.startswith(RESERVED_TAG_PREFIXES):
-            raise TrainingError(
-                f"tag {key!r} is reserved (keys starting {' or '.join(RESERVED_TAG_PREFIXES)})"
-            )
-    return tags
-
-
-def experiment_name(corpus: str) -> str:
-    return EXPERIMENT_PREFIX + corpus
-
-
-def registered_model_name(corpus: str) -> str:
-    return MODEL_PREFIX + corpus
 
 
 def artifact_location(uri: str, corpus: str) -> str | None:

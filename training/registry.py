@@ -28,13 +28,8 @@ from mlflow.entities import LoggedModelOutput, LoggedModelStatus
 from mlflow.exceptions import MlflowException
 
 from training.errors import TrainingError
-from training.mlflow_setup import (
-    CHAMPION_ALIAS,
-    MODEL_NAME,
-    mlflow_client,
-    registered_model_name,
-    store_lock,
-)
+from training.mlflow_names import CHAMPION_ALIAS, MODEL_NAME, registered_model_name
+from training.mlflow_setup import mlflow_client, store_lock
 from training.pyfunc import (
     CHECKPOINT_ARTIFACT,
     SIGNATURE,

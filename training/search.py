@@ -50,21 +50,10 @@ from training.config import TrainConfig
 from training.errors import TrainingError
 from training.loop import EVAL_POINTS
 from training.reporting import Reporter
-from training.sweep import (
-    ChildResult,
-    Sweep,
-    _attach_log,
-    _end_parent,
-    _init_worker,
-    _slug,
-    _to_stderr,
-    describe_result,
-    finish_sweep,
-    open_sweep,
-    plan_workers,
-    run_child,
-    start_sweep,
-)
+from training.sweep import ChildResult, Sweep, finish_sweep, open_sweep, run_child, start_sweep
+from training.sweep_grid import _slug
+from training.sweep_records import _attach_log, _end_parent
+from training.sweep_workers import _init_worker, _to_stderr, describe_result, plan_workers
 from training.units import bits
 
 log = logging.getLogger(__name__)
@@ -244,7 +233,7 @@ def _typed(key: str, value: Any, what: str) -> Any:
 
 
 def _parse_choices(key: str, values: list) -> Range:
-    from training.sweep import _as_text
+    from training.sweep_grid import _as_text
 
     if not values:
         raise TrainingError(f"{key}: the list of choices is empty")
@@ -580,7 +569,8 @@ def _end_interrupted_children(study, sweep: Sweep) -> None:
     RUNNING in MLflow: KILLED, tagged so the UI says why."""
     from optuna.trial import TrialState
 
-    from training.mlflow_setup import PARENT_TAG, mlflow_client
+    from training.mlflow_names import PARENT_TAG
+    from training.mlflow_setup import mlflow_client
 
     interrupted = {
         str(t.number)
