@@ -21,13 +21,21 @@ from trainer_fixtures import CORPORA
 
 from scrapers.fetch import Fetcher
 from scrapers.ingest import ingest
-from training.baselines import alphabet_ids, fit_baselines, symbol_mask, to_symbols
+from training.baselines import (
+    NGramCounts,
+    alphabet_ids,
+    fit_baselines,
+    scores_from_probs,
+    symbol_mask,
+    to_symbols,
+)
 from training.config import build_config
 from training.data import corpus_manifest, prepare_dataset
 from training.errors import TrainingError
 from training.models import CharModel
 from training.streams import EVAL_STREAMS, evaluate
 from training.symbols import (
+    baseline_scores,
     previous_event,
     rallies_of,
     rally_from_words,
@@ -164,7 +172,7 @@ def test_a_sample_breaks_rallies_at_stray_separators_and_at_its_end(corpora):
     words = sample_in_words(sample, alphabet, "final_T1.0.txt")
     lines = [x for x in words.splitlines() if not x.startswith("#")]
     assert [x.endswith("…") for x in lines] == [False, True, False, True]
-    assert "2 rallies end in …" in words
+    assert "# 2 of them end in …" in words
     assert sample_from_words(words, alphabet) == "TU.TNS.GL"
     with pytest.raises(ValueError, match="names no symbol"):
         rally_from_words("Server: 球 (ball)", alphabet)
@@ -184,6 +192,20 @@ def stream_targets(ids: np.ndarray) -> np.ndarray:
     return np.asarray(ids[1 : n * ((len(ids) - 1) // n) + 1])
 
 
+def streamed_symbols(ids: np.ndarray, symbols: list[int]) -> np.ndarray:
+    """Per symbol of `ids` (in order): whether the streams read it as a target."""
+    where = np.flatnonzero(symbol_mask(ids, symbols))
+    return (where >= 1) & (where <= len(stream_targets(ids)))
+
+
+def baseline_on(b, train, test, symbols: list[int], end: int, keep: np.ndarray):
+    """A fitted baseline's scores on some of the test symbols, from its counts."""
+    counts = NGramCounts(to_symbols(train, symbols), b.order, len(symbols), symbols.index(end))
+    predict = counts.kneser_ney if b.smoothing == "kneser-ney" else counts.add_k
+    test = to_symbols(test, symbols)
+    return scores_from_probs(predict(test, b.param)[keep], test[keep])
+
+
 def test_score_model_reads_the_split_as_evaluate_does(corpora):
     data, ids = split_of(corpora["shot"], "test")
     alphabet = symbol_alphabet(corpora["shot"])
@@ -195,6 +217,8 @@ def test_score_model_reads_the_split_as_evaluate_does(corpora):
     assert got.all_loss == pytest.approx(evaluate(model, ids, cpu, nullcontext()), rel=1e-6)
     targets = stream_targets(ids)
     assert got.symbols.count == symbol_mask(targets, symbols).sum() < len(targets)
+    assert got.scored.sum() == got.symbols.count and not got.scored[0]
+    assert (got.scored[1 : len(targets) + 1] == symbol_mask(targets, symbols)).all()
     assert got.events == got.symbols.count  # one symbol per stroke: per stroke = per symbol
     assert got.loss_per_stroke == got.symbols.loss
 
@@ -230,6 +254,27 @@ def test_a_model_with_a_fixed_distribution_scores_what_it_should(corpora):
     # the model's next-shot distribution, filed under the shot before: p over the events
     rows = got.next_sum[got.next_count > 0] / got.next_count[got.next_count > 0, None]
     assert np.allclose(rows, p[events] / p[events].sum())
+
+
+def test_baselines_rescored_on_every_position_are_the_librarys_own(corpora):
+    data, _ = split_of(corpora["shot"], "test")
+    alphabet = symbol_alphabet(corpora["shot"])
+    symbols, end = alphabet_ids(data.vocab, alphabet.entries, alphabet.end)
+    train, val, test = (data.split_ids(s) for s in ("train", "val", "test"))
+    report = fit_baselines(train, val, test, symbols, end)
+    every = symbol_mask(test, symbols)
+    got = baseline_scores(report, train, test, symbols, end, every)
+    assert set(got) == {b.name for b in report.baselines}
+    for b in report.baselines:
+        assert got[b.name].count == b.test.count
+        assert got[b.name].loss == pytest.approx(b.test.loss)
+        assert (got[b.name].top1, got[b.name].top3) == pytest.approx((b.test.top1, b.test.top3))
+    # leaving out the split's first symbol: one fewer, scored like the rest
+    fewer = every.copy()
+    fewer[np.flatnonzero(every)[0]] = False
+    assert (
+        baseline_scores(report, train, test, symbols, end, fewer)[b.name].count == b.test.count - 1
+    )
 
 
 # -- transitions ----------------------------------------------------------------------------
@@ -300,16 +345,23 @@ def test_a_tracked_training_is_measured_against_counting(
     symbols, end = alphabet_ids(data.vocab, alphabet.entries, alphabet.end)
     split = {s: data.split_ids(s) for s in ("train", "val", "test")}
     report = fit_baselines(split["train"], split["val"], split["test"], symbols, end)
-    assert metrics["baseline_best_loss"] == pytest.approx(report.best_loss)
-    frequent = next(b for b in report.baselines if b.order == 1)
-    assert metrics["baseline_most_frequent_loss"] == pytest.approx(frequent.test.loss)
+    # scored on the positions the model was: the streams skip the first and last few
+    keep = streamed_symbols(split["test"], symbols)
+    assert 0 < (~keep).sum() <= EVAL_STREAMS
+    on = {b.name: baseline_on(b, split["train"], split["test"], symbols, end, keep)
+          for b in report.baselines}  # fmt: skip
+    assert metrics["baseline_best_loss"] == pytest.approx(on[report.best.name].loss)
+    assert metrics["baseline_best_loss"] == pytest.approx(report.best_loss, abs=0.05)
+    assert metrics["baseline_most_frequent_loss"] == pytest.approx(on["most-frequent"].loss)
     trigrams = [b for b in report.baselines if b.order == 3]
     chosen = min(trigrams, key=lambda b: b.val.loss)  # the smoothing chosen on validation
-    assert metrics["baseline_ngram3_loss"] == pytest.approx(chosen.test.loss)
+    assert metrics["baseline_ngram3_loss"] == pytest.approx(on[chosen.name].loss)
+    assert metrics["baseline_ngram3_top1"] == pytest.approx(on[chosen.name].top1)
 
     rows = table(client, run_id, "baselines.json", tmp_path)
     assert [r["chosen"] for r in rows].count("best") == 1 and rows[0]["chosen"] == "model"
     assert len(rows) == 1 + len(report.baselines)
+    assert {r["test_symbols"] for r in rows} == {keep.sum()}  # model and baselines alike
     assert rows[0]["test_loss_per_stroke"] == pytest.approx(metrics["symbol_test_loss"])
     best = next(r for r in rows if r["chosen"] == "best")
     assert best["name"] == report.best.name and best["val_loss"] == pytest.approx(
@@ -352,15 +404,16 @@ def test_with_two_symbols_a_stroke_losses_are_per_stroke(
     data = prepare_dataset(corpus, **SPLIT)
     alphabet = symbol_alphabet(corpus)
     symbols, _ = alphabet_ids(data.vocab, alphabet.entries, alphabet.end)
-    test = to_symbols(data.split_ids("test"), symbols)
-    kinds = [alphabet.kind(data.vocab[symbols[i]]) for i in test]
-    strokes = kinds.count("shot") + kinds.count("end")
-    assert kinds.count("area") == kinds.count("shot")  # a landing area after every shot
+    test_ids = data.split_ids("test")
+    every = [alphabet.kind(data.vocab[symbols[i]]) for i in to_symbols(test_ids, symbols)]
+    assert every.count("area") == every.count("shot")  # a landing area after every shot
+    kinds = np.array(every)[streamed_symbols(test_ids, symbols)]  # those scored
+    strokes = (kinds != "area").sum()
     rows = {r["name"]: r for r in table(client, result.run_id, "baselines.json", tmp_path)}
     best = next(r for r in rows.values() if r["chosen"] == "best")
-    # nats per stroke = nats over the test split's symbols / its strokes and rally ends
-    per_stroke = best["test_loss"] * len(test) / strokes
-    assert best["test_symbols"] == len(test)
+    # nats per stroke = nats over the scored test symbols / their strokes and rally ends
+    per_stroke = best["test_loss"] * len(kinds) / strokes
+    assert best["test_symbols"] == len(kinds)
     assert metrics["baseline_best_loss"] == pytest.approx(per_stroke)
     assert metrics["baseline_best_loss"] > 1.5 * best["test_loss"]  # not per symbol
     model = rows[next(n for n in rows if n.startswith("model"))]

@@ -24,7 +24,8 @@ Top-1/top-3 are per symbol (shots, areas and rally ends alike), as the baselines
 The model is scored on the test split exactly as `training.streams.evaluate` reads it
 (EVAL_STREAMS parallel streams, state carried from chunk to chunk), so its loss over every
 position is the run's `test_loss`; only the positions whose target is a declared symbol
-count for the symbol metrics (training/baselines.py says why). Its probabilities are the
+count for the symbol metrics (training/baselines.py says why), and the baselines are scored
+on exactly those positions too. Its probabilities are the
 softmax over the whole vocabulary, separator characters included: nothing is renormalised
 in the model's favour.
 """
@@ -44,11 +45,14 @@ import torch
 from training.baselines import (
     Baseline,
     BaselineReport,
+    NGramCounts,
     Scores,
     ScoreSum,
     alphabet_ids,
     fit_baselines,
+    scores_from_probs,
     symbol_mask,
+    to_symbols,
 )
 from training.data import corpus_manifest
 from training.streams import EVAL_CHUNK, EVAL_STREAMS, Streams
@@ -234,7 +238,7 @@ def sample_in_words(text: str, alphabet: Alphabet, name: str) -> str:
     header = [
         f"# {name} in words: {len(rallies)} rallies, one a line; the symbols are in {name}.",
         f"# {who}. Shot names: the data's (Chinese), then English.",
-        f"# {cut} rallies end in {CUT}: cut off by the sample's length or a stray separator.",
+        f"# {cut} of them end in {CUT}, cut off by the sample's length or a stray separator.",
     ]
     return "\n".join(header + [rally_in_words(r, alphabet) for r in rallies]) + "\n"
 
@@ -255,6 +259,7 @@ class ModelScores:
     all_loss: float  # mean over every position: what `evaluate` gives (test_loss)
     next_sum: np.ndarray  # (E, E): sum of P(next event) by the previous event
     next_count: np.ndarray  # (E,): positions summed per previous event
+    scored: np.ndarray  # bool per position of the split: a target scored in `symbols`
 
     @property
     def loss_per_stroke(self) -> float:
@@ -317,8 +322,13 @@ def score_model(
             )
     finally:
         model.train(was_training)
+    # the targets read: ids[1 : n * length + 1]; those that are symbols were scored
+    scored = np.zeros(len(ids), dtype=bool)
+    scored[1 : n * length + 1] = symbol_mask(ids[1 : n * length + 1], symbol_ids)
     # an event is a declared symbol, so `events` counts the strokes among the scored symbols
-    return ModelScores(sums.scores(), events, nll_all / streams.x.size, next_sum, next_count)
+    return ModelScores(
+        sums.scores(), events, nll_all / streams.x.size, next_sum, next_count, scored
+    )
 
 
 @torch.no_grad()
@@ -434,12 +444,33 @@ def baseline_picks(report: BaselineReport) -> dict[str, Baseline]:
     return picks
 
 
-def symbol_metrics(model: ModelScores, report: BaselineReport, test_events: int) -> dict:
-    """The run's metrics: losses per stroke, accuracies per symbol. `test_events`: the
-    strokes and rally ends among the test symbols the baselines score."""
+def baseline_scores(
+    report: BaselineReport, train_ids, test_ids, symbol_ids: Sequence[int], end_id: int,
+    scored: np.ndarray,
+) -> dict[str, Scores]:  # fmt: skip
+    """Each baseline (as fitted and chosen on validation) scored on the test positions the
+    model was scored on (`scored`, ModelScores.scored): the model's streams leave out the
+    split's first symbol and its last few characters, and on a small test split those few
+    positions move the comparison (the baselines' own `test` scores read them all)."""
+    train = to_symbols(train_ids, symbol_ids)
+    test = to_symbols(test_ids, symbol_ids)
+    keep = scored[symbol_mask(test_ids, symbol_ids)]  # per test symbol, in order
+    size, start = len(symbol_ids), list(symbol_ids).index(end_id)
+    out = {}
+    for b in report.baselines:
+        counts = NGramCounts(train, b.order, size, start)
+        predict = counts.kneser_ney if b.smoothing == "kneser-ney" else counts.add_k
+        out[b.name] = scores_from_probs(predict(test, b.param)[keep], test[keep])
+    return out
+
+
+def symbol_metrics(model: ModelScores, report: BaselineReport, tests: dict[str, Scores]) -> dict:
+    """The run's metrics: losses per stroke, accuracies per symbol. `tests`: each
+    baseline's scores on the model's positions (baseline_scores), so the strokes counted
+    are the model's."""
 
     def loss(b: Baseline) -> float:
-        return per_stroke(b.test.loss, b.test.count, test_events)
+        return per_stroke(tests[b.name].loss, tests[b.name].count, model.events)
 
     out = {
         "symbol_test_loss": model.loss_per_stroke,
@@ -449,18 +480,18 @@ def symbol_metrics(model: ModelScores, report: BaselineReport, test_events: int)
     for key, b in baseline_picks(report).items():
         out |= {
             f"baseline_{key}_loss": loss(b),
-            f"baseline_{key}_top1": b.test.top1,
-            f"baseline_{key}_top3": b.test.top3,
+            f"baseline_{key}_top1": tests[b.name].top1,
+            f"baseline_{key}_top3": tests[b.name].top3,
         }
     out["baseline_best_loss"] = loss(report.best)
-    out["baseline_best_top1"] = report.best.test.top1
-    out["baseline_best_top3"] = report.best.test.top3
+    out["baseline_best_top1"] = tests[report.best.name].top1
+    out["baseline_best_top3"] = tests[report.best.name].top3
     out["gain_over_baseline"] = out["baseline_best_loss"] - out["symbol_test_loss"]
     return out
 
 
 def baselines_table(
-    model: ModelScores, model_name: str, report: BaselineReport, test_events: int
+    model: ModelScores, model_name: str, report: BaselineReport, tests: dict[str, Scores]
 ) -> dict[str, list]:
     """baselines.json's columns: one row per baseline and one for the model."""
     picked = {id(b) for b in baseline_picks(report).values()}
@@ -481,6 +512,7 @@ def baselines_table(
     ]
     for b in report.baselines:
         chosen = "best" if b is report.best else "order" if id(b) in picked else ""
+        test = tests[b.name]
         rows.append(
             {
                 "name": b.name,
@@ -488,11 +520,11 @@ def baselines_table(
                 "smoothing": b.smoothing,
                 "param": b.param,
                 "val_loss": b.val.loss,
-                "test_loss": b.test.loss,
-                "test_loss_per_stroke": per_stroke(b.test.loss, b.test.count, test_events),
-                "test_top1": b.test.top1,
-                "test_top3": b.test.top3,
-                "test_symbols": b.test.count,
+                "test_loss": test.loss,
+                "test_loss_per_stroke": per_stroke(test.loss, test.count, model.events),
+                "test_top1": test.top1,
+                "test_top3": test.top3,
+                "test_symbols": test.count,
                 "chosen": chosen,
             }
         )
@@ -593,11 +625,11 @@ def log_symbol_report(tracker, run: Run, samples: dict[float, str] | None = None
     if split != "test" or not has_symbols:
         return "symbols: no test split with symbols, so no comparison with the baselines"
     report = fit_baselines(train_ids, run.val_ids, run.test_ids, symbol_ids, end_id)
-    test_events = int(symbol_mask(run.test_ids, event_ids).sum())
-    metrics = symbol_metrics(scores, report, test_events)
+    tests = baseline_scores(report, train_ids, run.test_ids, symbol_ids, end_id, scores.scored)
+    metrics = symbol_metrics(scores, report, tests)
     tracker.log_metrics(metrics, step=step)
     name = f"model ({run.cfg.model} {run.cfg.num_layers}x{run.cfg.hidden_size})"
-    table = baselines_table(scores, name, report, test_events)
+    table = baselines_table(scores, name, report, tests)
     _best_effort("baselines.json", lambda: client.log_table(run_id, table, "baselines.json"))
     return (
         f"symbols: test {metrics['symbol_test_loss']:.4f} nats/stroke, top-1 "
