@@ -30,7 +30,6 @@ from urllib.parse import quote
 
 from charflow.paths import charflow_home
 from training.errors import TrainingError
-from training.mlflow_names import default_run_name as default_run_name  # train.py's import
 from training.mlflow_names import experiment_name
 
 if TYPE_CHECKING:

@@ -23,7 +23,7 @@ from training.data import corpus_manifest, corpus_name, prepare_dataset
 from training.errors import TrainingError
 from training.learned import log_learned, what_it_learned
 from training.loop import fit
-from training.mlflow_setup import default_run_name
+from training.mlflow_names import default_run_name
 from training.reporting import Console, MLflowReporter, Reporter, Reporters
 from training.run import Run, best_test_loss, build_run, check_splits, load_best, restore
 from training.run_dir import RunDirLock, latest_run_dir, new_run_dir, prepare_run_dir
