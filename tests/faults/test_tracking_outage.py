@@ -108,10 +108,12 @@ def run_of(client: MlflowClient, corpus: str):
     return runs[0] if runs else None
 
 
-def wait_for_first_metrics(client: MlflowClient, corpus: str, proc: subprocess.Popen) -> str:
+def wait_for_first_metrics(client: MlflowClient, corpus: str, proc: subprocess.Popen, log) -> str:
     deadline = time.monotonic() + 180
     while time.monotonic() < deadline:
-        assert proc.poll() is None, "training ended before the outage"
+        if proc.poll() is not None:
+            log.seek(0)
+            raise AssertionError(f"training ended before the outage:\n{log.read()[-3000:]}")
         run = run_of(client, corpus)
         if run is not None and client.get_metric_history(run.info.run_id, "val_loss"):
             return run.info.run_id
@@ -162,7 +164,7 @@ def test_training_outlives_a_server_outage(how, away_s, tmp_path, text_file) -> 
         argv, env=cli_env(tmp_path, server.url), stdout=subprocess.PIPE, stderr=log, text=True
     )
     try:
-        run_id = wait_for_first_metrics(client, corpus, proc)
+        run_id = wait_for_first_metrics(client, corpus, proc, log)
         server.pause() if how == "pause" else server.stop()
         saved_before = evaluations_saved(out)
         time.sleep(away_s)
