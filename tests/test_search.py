@@ -125,6 +125,8 @@ def test_search_needs_a_space_file(trainer_home, write_text, charflow):
     assert code == 1 and "--search optuna takes its ranges from a YAML file" in err
     code, _, err = charflow("sweep", text, "--search", "grid", "--grid", text)
     assert code == 1 and "the one search is optuna" in err
+    code, _, err = charflow("sweep", text, "--trials", "3", "--grid", text)
+    assert code == 1 and "--trials counts the trials of a search: add --search optuna" in err
 
 
 def test_the_study_lives_beside_the_tracking_store(tmp_path, monkeypatch):
@@ -253,6 +255,8 @@ def test_a_killed_search_continues_where_it_stopped(trainer_home, write_text, sh
         while True:  # until trial 0 is done and trial 1 has saved its first checkpoint
             assert proc.poll() is None and time.monotonic() < deadline, output.read_text()
             time.sleep(0.3)
+            if "search k1:" not in output.read_text():  # its study exists from then on
+                continue
             try:
                 study = optuna.load_study(study_name="k1", storage=storage)
             except Exception:  # not created yet, or the database is busy
@@ -274,7 +278,6 @@ def test_a_killed_search_continues_where_it_stopped(trainer_home, write_text, sh
     study = optuna.load_study(study_name="k1", storage=storage)
     states = [t.state.name for t in study.trials]
     assert states[0] == "COMPLETE" and states[1] == "FAIL" and len(states) == 4, seen
-    assert len(study.trials[1].intermediate_values) >= 1, (seen, done.stderr)
     assert _counted(study) == 3 and "failure" not in study.trials[1].user_attrs
 
     client = mlflow_setup.mlflow_client()

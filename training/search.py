@@ -377,12 +377,18 @@ def _storage(url: str):
         parsed = _in_own_schema(parsed)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return optuna.storages.RDBStorage(
-            parsed.render_as_string(hide_password=False),
-            engine_kwargs=engine_kwargs,
-            heartbeat_interval=HEARTBEAT_SECONDS,
-            grace_period=GRACE_SECONDS,
-        )
+        for attempt in (1, 2):
+            try:
+                return optuna.storages.RDBStorage(
+                    parsed.render_as_string(hide_password=False),
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                )
+            except Exception as err:  # another process made the tables at the same moment
+                if attempt == 2 or "already exists" not in str(err):
+                    raise
+    raise AssertionError("unreachable")
 
 
 def _in_own_schema(url):
