@@ -221,6 +221,7 @@ def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_
         row["sample_bigram_loss"] = run.bigrams.texts_loss([sample], run.data.vocab)
         row["val_bigram_loss"] = run.val_bigram_loss
     asked_to_stop = bool(report.evaluation(row, sample, improved))
+    report.flush()
     payload = checkpoint_payload(run, carried)
     save_checkpoint(run.last_path, payload)
     if improved:

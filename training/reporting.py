@@ -32,6 +32,10 @@ class Reporter:
         """An evaluation: `row` as in the run's history, a sample of the model's text.
         Returning True asks the loop to stop (e.g. a search pruning an unpromising trial)."""
 
+    def flush(self) -> None:
+        """Make what was reported durable: a checkpoint is about to be written, and a run
+        resumed from it must find every metric up to it."""
+
 
 class Reporters(Reporter):
     def __init__(self, *reporters: Reporter):
@@ -48,6 +52,10 @@ class Reporters(Reporter):
     def evaluation(self, row: dict, sample: str, improved: bool) -> bool:
         stops = [r.evaluation(row, sample, improved) for r in self.reporters]  # all hear it
         return any(stops)
+
+    def flush(self) -> None:
+        for r in self.reporters:
+            r.flush()
 
 
 class Console(Reporter):
@@ -109,3 +117,6 @@ class MLflowReporter(Reporter):
         self.tracker.log_metrics(metrics, step=row["step"])
         if sample:
             self.tracker.log_sample(row["step"], visible_breaks(sample))
+
+    def flush(self) -> None:
+        self.tracker.flush()  # with a journal: an fsync, never a wait on the network

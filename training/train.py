@@ -84,6 +84,11 @@ def train(
         out_dir = latest_run_dir(corpus) if resume else new_run_dir(corpus)
     out_dir = Path(out_dir)
     ckpt = load_resumable(out_dir / "last.pt", cfg, ranks.world_size) if resume else None
+    track = track and ranks.is_main
+    if track:  # a dead tracking server is one line now, not minutes of retries later
+        from training.mlflow_setup import check_tracking_store
+
+        check_tracking_store()
     notes: list[str] = []  # shown once the input is known to be good: errors stay one line
     data = prepare_dataset(
         source,
@@ -96,7 +101,6 @@ def train(
     check_splits(cfg, data, ranks)  # before the ranks join up: every rank fails alike
     if ranks.is_main:
         prepare_run_dir(out_dir, resume=resume, overwrite=overwrite)
-    track = track and ranks.is_main
     with ExitStack() as stack:
         if ranks.is_main:  # the only rank that writes the folder
             stack.enter_context(RunDirLock(out_dir))
@@ -162,7 +166,7 @@ def train(
         stopped_because=stopped,
         best_checkpoint=run.best_path,
         last_checkpoint=run.last_path,
-        model_version=model.version if model else None,
+        model_version=model.version if model and not model.deferred else None,
         is_champion=model.is_champion if model else False,
         champion_reason=model.reason if model else "not tracked",
         chars_per_sec=chars_per_sec,
@@ -247,5 +251,6 @@ def _register(tracker, run: Run, report: Reporter):
     model = register_model(
         tracker, run.best_path, val_loss=s.best_val_loss, corpus_digest=run.data.digest
     )
-    report.log(f"model version {model.version}: {model.reason}")
+    # deferred: the store was away; the reason says how the version gets registered later
+    report.log(model.reason if model.deferred else f"model version {model.version}: {model.reason}")
     return model
