@@ -38,6 +38,7 @@ EVERY_FIELD = {
     "max_seconds": ("300", 300.0),
     "max_chars": ("1_000_000", 1_000_000),
     "eval_every": ("3", 3),
+    "eval_chars": ("2000", 2000),
     "patience": ("0", 0),
     "sample_chars": ("10", 10),
     "seed": ("7", 7),

@@ -207,3 +207,15 @@ def test_character_budget_stops_and_schedules_evaluations(
     assert result.steps == -(-40_000 // per_step)  # the step that reaches the budget is the last
     assert result.history[-1]["chars"] == result.steps * per_step
     assert len(result.history) >= 20
+
+
+def test_eval_chars_evaluates_a_fixed_prefix_of_the_val_split(
+    trainer_home, write_text, shakespeare_text
+):
+    path = write_text("s.txt", shakespeare_text[:40_000])
+    cfg = build_config("tiny", max_steps=20, eval_every=10, device="cpu")
+    whole = train(cfg, path, out_dir=trainer_home / "whole", track=False)
+    prefix = train(cfg.replace(eval_chars=500), path, out_dir=trainer_home / "cut", track=False)
+    # the same training (same seed and data), measured on less text: another number
+    assert whole.test_loss == prefix.test_loss  # the test split is never cut
+    assert [r["val_loss"] for r in whole.history] != [r["val_loss"] for r in prefix.history]

@@ -52,6 +52,10 @@ class TrainConfig:
     max_seconds: float | None = None
     max_chars: int | None = None
     eval_every: int = 200
+    # Characters of the val split an evaluation reads (a fixed prefix, so every evaluation
+    # of a run measures the same text); None: the whole split. Sweeps cap it: twenty
+    # evaluations of a slow model over a whole split would cost more than its training.
+    eval_chars: int | None = None
     patience: int = 5  # evaluations without val improvement before stopping; 0 disables
     sample_chars: int = 300
     # runtime
@@ -111,6 +115,7 @@ class TrainConfig:
             "sample_chars": self.sample_chars >= 0,
             "max_seconds": self.max_seconds is None or self.max_seconds > 0,
             "max_chars": self.max_chars is None or self.max_chars >= 1,
+            "eval_chars": self.eval_chars is None or self.eval_chars >= 2,
             "lr_decay_steps": self.lr_decay_steps is None or self.lr_decay_steps >= 1,
         }
         # inf and nan pass a comparison or two above (nan fails them all, inf passes "> 0")
@@ -225,6 +230,61 @@ PRESETS: dict[str, dict[str, Any]] = {
         warmup_steps=200,
     ),
 }
+
+
+# The demo (`make demo`, `--preset demo`): a minute or two of CPU per corpus, trainings two
+# at a time on one torch thread each. So short a budget favours cheap models: one layer. In
+# equal time a 1x256 LSTM beats a 1x256 vanilla RNN on English and Go (it reads 60% of the
+# characters but learns far more from each), while on Chinese text, where the output layer
+# over thousands of characters costs most of a step whatever the recurrent cell, the RNN
+# wins. Measured on validation, one torch thread, budgets in characters (docs/flows.md,
+# "Measured"); benchmarks/bench_demo.py holds the targets and reruns them. max_seconds is
+# the demo pipeline's share of its total budget; 60 s when the preset is used on its own.
+PRESETS["demo"] = dict(
+    model="lstm",
+    num_layers=1,
+    hidden_size=256,
+    lr=8e-3,
+    warmup_steps=10,  # 50 steps of warmup were a quarter of a Chinese run's budget
+    max_steps=1_000_000,  # the time budget decides
+    max_seconds=60.0,
+    eval_every=1000,  # evaluations come from the time budget (20 of them)
+)
+
+# Settings per corpus on top of the demo preset (and above its corpus defaults).
+DEMO_SETTINGS: dict[str, dict[str, Any]] = {
+    "paulgraham": dict(seq_len=128),
+    "friends": dict(seq_len=128),
+    "kubernetes-go": dict(seq_len=128),
+    "sanguo": dict(model="rnn"),
+    "novel": dict(model="rnn"),
+    "shuttleset": dict(hidden_size=128),  # 51k characters of 22 symbols
+}
+# A corpus not listed whose vocabulary is this large (Chinese: thousands of code points)
+# gets the settings measured on 三国演义.
+LARGE_VOCABULARY = 1000
+DEMO_LARGE_VOCABULARY = DEMO_SETTINGS["sanguo"]
+# How the demo splits its time budget: relative shares (default 1), where time buys most:
+# 三国演义's characters cost ten times an English one's.
+DEMO_SHARES: dict[str, float] = {
+    "sanguo": 2.0,
+    "kubernetes-go": 0.75,
+    "novel": 0.75,
+    "shuttleset": 0.25,
+}
+
+
+def demo_settings(corpus: str, vocab_size: int | None = None) -> dict[str, Any]:
+    """The demo's settings for a corpus: measured ones, else by vocabulary size."""
+    if corpus in DEMO_SETTINGS:
+        return dict(DEMO_SETTINGS[corpus])
+    if vocab_size is not None and vocab_size >= LARGE_VOCABULARY:
+        return dict(DEMO_LARGE_VOCABULARY)
+    return {}
+
+
+def demo_share(corpus: str) -> float:
+    return DEMO_SHARES.get(corpus, 1.0)
 
 
 # Defaults for corpora that have no module in scrapers/ (those carry their own

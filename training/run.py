@@ -128,7 +128,7 @@ def build_run(
         net=net,
         opt=opt,
         streams=streams,
-        val_ids=data.split_ids("val"),
+        val_ids=data.split_ids("val")[: cfg.eval_chars],
         test_ids=data.split_ids("test"),
         best_path=out_dir / "best.pt",
         last_path=out_dir / "last.pt",

@@ -95,7 +95,14 @@ def _entry_config(base: TrainConfig, entry: dict[str, Any], fixed: dict[str, Any
     budgeted = cfg.max_seconds is not None or cfg.max_chars is not None
     if budgeted and "max_steps" not in typed and "max_steps" not in fixed:
         cfg = cfg.replace(max_steps=UNBOUNDED_STEPS)
+    if budgeted and cfg.eval_chars is None and "eval_chars" not in {*typed, *fixed}:
+        cfg = cfg.replace(eval_chars=SWEEP_EVAL_CHARS)  # 20+ evaluations must stay cheap
     return cfg.validate()
+
+
+# What a budgeted sweep child evaluates on: the loss of 32k characters has a standard
+# error of a few hundredths of a nat, well under the differences a sweep is run to see.
+SWEEP_EVAL_CHARS = 32_768
 
 
 def _as_text(value: Any) -> str:
