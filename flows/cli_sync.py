@@ -14,7 +14,7 @@ def sync(
 ) -> None:
     """Send a run folder's waiting MLflow records; a run left RUNNING by a dead process ends
     KILLED."""
-    from training.tracking import sync_run_dir  # MLflow loads only when asked for
+    from training.tracking_sync import sync_run_dir  # MLflow loads only when asked for
 
     typer.echo(sync_run_dir(run_dir).describe())
 

@@ -53,7 +53,7 @@ QUIET_LOGGERS = (
     "mlflow.store.model_registry.abstract_store",
 )
 # MLflow's own HTTP retries (7, with backoff: minutes) would hold a training hostage to a dead
-# server. charflow retries in the background itself (training/tracking.py), so each request
+# server. charflow retries in the background itself (training/tracking_sender.py), so each request
 # gives up after a few tries; a value the user has set wins.
 HTTP_ENV_DEFAULTS = {
     "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",

@@ -5,7 +5,7 @@ In the run folder:
 
     mlflow-pending.jsonl   one JSON object a line, appended as the run logs:
                              {"seq": 12, "run_id": "…", "op": "metrics", "metrics": [[key,
-                              value, timestamp_ms, step], …]}   (ops: see training/tracking.py)
+                              value, timestamp_ms, step], …]}  (ops: training/tracking_sender.py)
                              {"ack": 12}    the store has every record up to seq 12
     mlflow-pending/        files that records point to (a plot, a checkpoint to register)
     mlflow-run.json        the run this folder's tracker writes into: run id, store URI;
