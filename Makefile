@@ -34,45 +34,47 @@ bench: venv
 	$(PY) -m benchmarks
 
 # The main job on a local stack: Prefect server + process worker + MLflow UI on loopback,
-# state under .run/ (docs/flows.md). `MIRROR=DIR make demo` reads every source from
-# DIR served over loopback HTTP; kubernetes-go has no page mirror and reads GO_TREE instead.
+# state under $(CHARFLOW_HOME)/.run/ (docs/flows.md). `make demo` probes every source first
+# (a few seconds): where the network does not answer it reads ../shared/corpora, served over
+# loopback HTTP; `MIRROR=DIR make demo` always reads DIR. kubernetes-go reads GO_TREE.
+# CHARFLOW_HOME (default: this checkout) holds data/, checkpoints/, mlruns/ and .run/ for
+# make, the charflow command and the flows alike.
+CHARFLOW_HOME ?= $(CURDIR)
 PREFECT_PORT ?= 4200
 MLFLOW_PORT ?= 5000
 MIRROR_PORT ?= 8765
 GO_TREE ?= /usr/share/gocode/src/k8s.io/utils
-STACK := CHARFLOW_HOME=$(CURDIR) CHARFLOW_PROJECT_DIR=$(CURDIR) \
-	PREFECT_HOME=$(CURDIR)/.run/prefect PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
-	PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) MIRROR_PORT=$(MIRROR_PORT)
-DEMO_PARAMS := $(if $(MIRROR),--param mirror=http://127.0.0.1:$(MIRROR_PORT) \
-	--param 'sources={"kubernetes-go": "$(GO_TREE)"}')
+STACK := CHARFLOW_HOME=$(abspath $(CHARFLOW_HOME)) CHARFLOW_PROJECT_DIR=$(CURDIR) \
+	PREFECT_HOME=$(abspath $(CHARFLOW_HOME))/.run/prefect \
+	PREFECT_API_URL=http://127.0.0.1:$(PREFECT_PORT)/api \
+	PREFECT_PORT=$(PREFECT_PORT) MLFLOW_PORT=$(MLFLOW_PORT) MIRROR_PORT=$(MIRROR_PORT) \
+	GO_TREE=$(GO_TREE)
 
 CHARFLOW := $(STACK) $(VENV)/bin/charflow
 
 services: venv
 	$(CHARFLOW) services up $(if $(MIRROR),--mirror $(MIRROR))
 
-# The `charflow` work pool and per-host rate limits, then `prefect --no-prompt deploy --all`.
+# The `charflow` work pool, per-host rate limits and the deployments of every registered
+# corpus (generated from the registry: flows/deployments.py).
 deploy: services
 	$(CHARFLOW) services deploy
 
-demo: deploy
-	@echo "Follow it in the Prefect UI (above) or: tail -f .run/prefect-worker.log"
-	$(STACK) $(VENV)/bin/prefect deployment run 'pipeline/demo' --watch $(DEMO_PARAMS)
-	@$(CHARFLOW) services status
+# Sources -> stack -> deployments -> `prefect deployment run 'pipeline/demo' --watch` -> the
+# per-corpus table and the MLflow link (all in `charflow demo`).
+demo: venv
+	@$(CHARFLOW) demo $(if $(MIRROR),--mirror $(MIRROR))
 
 # Stops exactly the processes `make services` started (pid files under .run/).
 down:
 	@if test -x $(VENV)/bin/charflow; then $(CHARFLOW) services down; fi
 
-# Browse the local MLflow store in the foreground (Ctrl-C stops it); `make services` runs the
-# same UI in the background, so use one or the other on a port (docs/tracking.md).
+# Browse the stack's MLflow store (the one the worker writes) in the foreground (Ctrl-C
+# stops it); `make services` runs the same UI in the background, so use one or the other
+# on a port (docs/tracking.md).
 .PHONY: mlflow-ui
 mlflow-ui: venv
-	mkdir -p mlruns
-	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui \
-		--backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db \
-		--default-artifact-root $(CURDIR)/mlruns/artifacts \
-		--host 127.0.0.1 --port $(MLFLOW_PORT) --workers 1
+	$(CHARFLOW) services ui
 
 # MLflow and Prefect servers on PostgreSQL (docs/scaling.md). `make pg-up` starts a
 # throwaway cluster on loopback (data in PG_DIR) and prints its URLs; `make mlflow-server` and

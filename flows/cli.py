@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import sys
 
+import click
 import typer
 
 from flows import cli_corpus, cli_flows, cli_scratch, cli_sweep, cli_sync, cli_train
@@ -39,13 +40,12 @@ def main() -> None:
     except (typer.Abort, KeyboardInterrupt):  # Ctrl-C: the usual shell status, no traceback
         print("charflow: interrupted", file=sys.stderr)
         sys.exit(130)
-    except Exception as err:  # click's usage errors carry their own exit code
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except (typer.TyperException, click.ClickException) as err:
+        # Usage mistakes (missing argument, unknown option or command): the short usage
+        # message and status 2, as in click's standalone mode. typer vendors its own click,
+        # whose exceptions derive from typer.TyperException, not from click's.
+        err.show()
+        sys.exit(err.exit_code)
 
 
 if __name__ == "__main__":

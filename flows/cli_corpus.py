@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import typer
 
@@ -105,15 +106,52 @@ def corpora(
             typer.echo(f"{' ' * width}  options: {shown}")
 
 
+LOOPBACK = {"127.0.0.1", "localhost", "::1"}
+
+
+def is_local(source: str) -> bool:
+    """A source on this machine (a path, a file: URL, a loopback server): nothing to be
+    polite to, so no rate limit."""
+    parts = urlsplit(source)
+    if parts.scheme in ("http", "https"):
+        return parts.hostname in LOOPBACK
+    return parts.scheme in ("", "file")
+
+
+def mirror_source(name: str, mirror: str) -> str:
+    """The corpus's copy inside a mirror: <mirror>/<its mirror_path>."""
+    from scrapers.registry import get_corpus
+
+    spec = get_corpus(name)
+    if not spec.mirror_path:
+        raise IngestError(f"corpus {name} has no copy in a mirror (no mirror_path); use --source")
+    if urlsplit(mirror).scheme in ("http", "https", "file"):
+        return mirror.rstrip("/") + "/" + spec.mirror_path.lstrip("/")
+    path = Path(mirror) / spec.mirror_path
+    if not Path(mirror).is_dir():
+        raise IngestError(f"mirror folder {mirror} does not exist")
+    return str(path)
+
+
 def ingest(
     name: str = typer.Argument(..., help="corpus name (see `charflow corpora`)"),
     source: str | None = typer.Option(None, "--source", help="URL or local path to read from"),
+    mirror: str | None = typer.Option(
+        None,
+        "--mirror",
+        metavar="URL_OR_DIR",
+        help="a mirror laid out like ../shared/corpora (a folder or its loopback URL): "
+        "reads the corpus's mirror path inside it",
+    ),
     limit: int | None = typer.Option(None, "--limit", help="stop after N documents"),
     data_dir: Path | None = typer.Option(
         None, "--data-dir", help="corpora live in DIR/NAME (default: $CHARFLOW_HOME/data)"
     ),
-    rate_limit: float = typer.Option(
-        1.0, "--rate-limit", help="requests per second per host; 0 = no limit (mirrors)"
+    rate_limit: float | None = typer.Option(
+        None,
+        "--rate-limit",
+        help="requests per second per host; 0 = no limit (default: 1 for web sites, "
+        "none for loopback, file: and local sources)",
     ),
     option: list[str] = typer.Option([], "--option", help="corpus option KEY=VALUE (repeat)"),
     to_simplified: bool = typer.Option(
@@ -126,9 +164,16 @@ def ingest(
     """Fetch, clean and write a corpus to DATA_DIR/NAME (atomically)."""
     from scrapers.fetch import Fetcher
     from scrapers.ingest import ingest as run_ingest
+    from scrapers.registry import get_corpus
 
-    if rate_limit < 0:
+    if rate_limit is not None and rate_limit < 0:
         raise IngestError(f"--rate-limit must be >= 0, got {rate_limit}")
+    if mirror is not None:
+        if source is not None:
+            raise IngestError("give --source or --mirror, not both")
+        source = mirror_source(name, mirror)
+    if rate_limit is None:
+        rate_limit = 0 if is_local(source or get_corpus(name).default_source) else 1.0
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     with Fetcher(rate_limit=rate_limit or None) as fetcher:
         result = run_ingest(

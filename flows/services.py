@@ -155,6 +155,10 @@ def prefect_server(stack: Stack) -> Service:
         "PREFECT_SERVER_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{db}",
         "PREFECT_SERVER_API_HOST": HOST,
         "PREFECT_SERVER_API_PORT": str(stack.prefect_port),
+        # `prefect deployment run --watch` streams a flow run's logs (the pipeline's reasons
+        # for a failed or skipped corpus, its summary) only when the server publishes them.
+        "PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED": "true",
+        "PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED": "true",
     }
     argv = _python("prefect", "server", "start", "--host", HOST, "--port", str(stack.prefect_port))
     return Service(
@@ -371,6 +375,7 @@ def up(
         raise ServiceError(f"mirror folder {stack.mirror} does not exist")
     server, worker, mlflow, *mirror = services(stack)
     start(server, stack.run_dir, log)
+    write_prefect_profile(stack)  # a fresh shell needs only PREFECT_HOME (docs/flows.md)
     ensure_work_pool(stack)
     start(worker, stack.run_dir, log)
     if with_mlflow:
@@ -400,3 +405,184 @@ def addresses(stack: Stack) -> dict[str, str]:
 
 def status(stack: Stack) -> dict[str, dict | None]:
     return {name: running(stack.run_dir, name) for name in SERVICE_NAMES}
+
+
+def require_server(stack: Stack, timeout: float = 5.0) -> None:
+    """A ServiceError of one line unless the stack's Prefect server answers."""
+    require_api(stack.api_url, timeout)
+
+
+def require_api(api_url: str, timeout: float = 5.0) -> None:
+    """A ServiceError of one line unless a Prefect server answers at `api_url`."""
+    url = f"{api_url}/health"
+    try:
+        resp = requests.get(url, timeout=timeout)
+    except requests.RequestException as err:
+        why = _reason(err)
+    else:
+        if resp.ok:
+            return
+        why = f"HTTP {resp.status_code}"
+    raise ServiceError(
+        f"no Prefect server answers at {api_url} ({why}); start the stack with "
+        "`make services` (or `charflow services up`)"
+    )
+
+
+def _reason(err: BaseException) -> str:
+    """`Connection refused` rather than urllib3's three-line repr."""
+    import re
+
+    found = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", str(err))
+    return found.group(1).strip() if found else type(err).__name__
+
+
+# -- a shell that talks to the stack ---------------------------------------------------------
+
+PROFILE = "charflow"
+
+
+def write_prefect_profile(stack: Stack) -> Path:
+    """`<prefect home>/profiles.toml` with the active profile `charflow` pointing at this
+    stack's API, so a shell with only PREFECT_HOME set runs `prefect deployment run ...`."""
+    path = stack.prefect_home / "profiles.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = f'active = "{PROFILE}"\n\n[profiles.{PROFILE}]\nPREFECT_API_URL = "{stack.api_url}"\n'
+    tmp = path.with_suffix(".toml.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+    return path
+
+
+def shell_env(stack: Stack) -> dict[str, str]:
+    """What a shell exports to use this stack: `eval "$(charflow services env)"`."""
+    env = stack.client_env()
+    keep = ("CHARFLOW_HOME", "PREFECT_HOME", "PREFECT_API_URL", "MLFLOW_UI_URL")
+    return {k: env[k] for k in keep} | QUIET_ENV
+
+
+# -- where the demo reads its sources ----------------------------------------------------------
+
+# All probes together take at most this long (make demo's first step).
+PROBE_SECONDS = 4.0
+# ../shared/corpora beside the checkout: the mirror used when the network is unreachable.
+DEFAULT_MIRROR = REPO.parent / "shared" / "corpora"
+
+
+def probe(source: str, timeout: float = PROBE_SECONDS) -> str | None:
+    """None when `source` looks readable: a local path that exists, or a URL whose host
+    accepts a TCP connection; otherwise why not, in a few words."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(source)
+    if parts.scheme in ("", "file"):
+        path = Path(parts.path if parts.scheme else source)
+        return None if path.exists() else f"{path} does not exist"
+    if not parts.hostname:
+        return f"cannot tell where {source} is"
+    port = parts.port or {"http": 80, "ssh": 22, "git": 9418}.get(parts.scheme, 443)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return None
+    except OSError as err:
+        return f"{parts.hostname}: {err.strerror or type(err).__name__}"
+
+
+def probe_all(sources: dict[str, str], timeout: float = PROBE_SECONDS) -> dict[str, str | None]:
+    """`probe` for every source at once; one that has not answered by `timeout` (a DNS
+    lookup that hangs) counts as unreachable."""
+    import threading
+
+    found: dict[str, str | None] = {}
+
+    def one(name: str, source: str) -> None:
+        found[name] = probe(source, timeout)
+
+    threads = [
+        threading.Thread(target=one, args=item, daemon=True, name=f"probe-{item[0]}")
+        for item in sources.items()
+    ]
+    for thread in threads:
+        thread.start()
+    deadline = time.monotonic() + timeout
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    return {name: found.get(name, f"no answer in {timeout:g} s") for name in sources}
+
+
+@dataclass
+class DemoSources:
+    """Where each corpus of the demo is read from, and the line that says so."""
+
+    mirror: Path | None  # a folder to serve over loopback; None: the live sources
+    sources: dict[str, str]  # per-corpus sources besides the mirror (a Go tree)
+    corpora: list[str]  # the corpora the demo can read
+    left_out: dict[str, str]  # corpus -> why it cannot be read
+    note: str  # one line for the terminal
+
+
+def plan_sources(
+    mirror: Path | None = None,
+    local: dict[str, Path] | None = None,
+    default_mirror: Path = DEFAULT_MIRROR,
+    timeout: float = PROBE_SECONDS,
+) -> DemoSources:
+    """Decide where the demo reads every registered corpus from.
+
+    `mirror` (MIRROR=): always that mirror. Otherwise each live source is probed (at most
+    `timeout` seconds in all); if one does not answer, `default_mirror` is used when it
+    exists. `local`: corpora read from a local folder in either case when it exists
+    (kubernetes-go from GO_TREE). Raises ServiceError when a source is unreachable and
+    there is no mirror."""
+    from scrapers.registry import list_corpora
+
+    specs = {spec.name: spec for spec in list_corpora()}
+    local_found = {c: str(p) for c, p in (local or {}).items() if c in specs and Path(p).exists()}
+    missing_local = {
+        c: str(p) for c, p in (local or {}).items() if c in specs and c not in local_found
+    }
+    live = {name: s.default_source for name, s in specs.items() if name not in local_found}
+    if mirror is None:
+        problems = {k: v for k, v in probe_all(live, timeout).items() if v}
+        if not problems:
+            return DemoSources(
+                None, local_found, sorted(specs), {},
+                f"every source answers: reading the live sites ({len(live)} corpora)"
+                + _local_note(local_found),
+            )  # fmt: skip
+        why = f"{len(problems)} of {len(live)} sources unreachable ({_first(problems)})"
+        if not default_mirror.is_dir():
+            raise ServiceError(
+                f"{why} and no local mirror at {default_mirror}: set MIRROR=DIR (a folder "
+                "laid out like shared/corpora) or connect to the internet"
+            )
+        mirror, origin = default_mirror, f"network unreachable: {why}"
+    else:
+        if not mirror.is_dir():
+            raise ServiceError(f"mirror folder {mirror} does not exist")
+        origin = "MIRROR"
+    left_out = {}
+    for name, spec in specs.items():
+        if name in local_found:
+            continue
+        if spec.mirror_path and (mirror / spec.mirror_path).exists():
+            continue
+        where = f"{mirror / spec.mirror_path} is missing" if spec.mirror_path else "no mirror_path"
+        left_out[name] = where + (
+            f"; {missing_local[name]} does not exist either" if name in missing_local else ""
+        )
+    readable = sorted(set(specs) - set(left_out))
+    note = f"{origin}; reading every source from the local mirror {mirror}" + _local_note(
+        local_found
+    )
+    return DemoSources(mirror.resolve(), local_found, readable, left_out, note)
+
+
+def _first(problems: dict[str, str]) -> str:
+    name, why = sorted(problems.items())[0]
+    more = f", +{len(problems) - 1} more" if len(problems) > 1 else ""
+    return f"{name}: {why}{more}"
+
+
+def _local_note(local: dict[str, str]) -> str:
+    return "".join(f" ({name} from {path})" for name, path in sorted(local.items()))

@@ -9,6 +9,7 @@ import importlib.util
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from itertools import pairwise
 from pathlib import Path
 
@@ -80,8 +81,16 @@ def test_artifact_keys_are_valid():
     assert artifact_key("corpus", "My_Corpus") == "corpus-my-corpus"
 
 
-def test_prefect_yaml_has_ingest_and_weekly_train_deployment_per_corpus():
-    from scrapers.registry import list_corpora
+def test_prefect_yaml_is_the_generated_deployments_of_the_builtin_corpora():
+    """prefect.yaml is what `charflow deploy --write prefect.yaml` makes of the corpora in
+    scrapers/: regenerate it when a built-in corpus or a schedule changes."""
+    from flows.deployments import builtin_specs, generate, render_yaml
+
+    assert (REPO / "prefect.yaml").read_text() == render_yaml(generate(builtin_specs()))
+
+
+def test_deployments_give_every_corpus_ingest_and_a_weekly_retrain():
+    from flows.deployments import SWEEP, builtin_specs, generate, has_flow
 
     spec = yaml.safe_load((REPO / "prefect.yaml").read_text())
     by_flow: dict[str, dict[str, dict]] = {}
@@ -89,15 +98,28 @@ def test_prefect_yaml_has_ingest_and_weekly_train_deployment_per_corpus():
         flow = dep["entrypoint"].rsplit(":", 1)[1]
         by_flow.setdefault(flow, {})[dep["name"]] = dep
         assert dep["work_pool"]["name"] == "charflow"
-    names = {s.name for s in list_corpora()}
+    names = {s.name for s in builtin_specs()}
+    assert {"paulgraham", "friends", "sanguo", "novel", "kubernetes-go", "shuttleset"} <= names
     assert set(by_flow["ingest_flow"]) == names
     assert set(by_flow["train_flow"]) == names
+    hours = []
     for name, dep in by_flow["train_flow"].items():
         assert dep["parameters"]["corpus"] == name and dep["parameters"]["force"] is False
         (cron,) = [s["cron"] for s in dep["schedules"]]
         assert cron.split()[2:] == ["*", "*", "0"], f"train/{name} is not weekly: {cron}"
+        hours.append(int(cron.split()[1]))
+    assert len(set(hours)) == len(hours)  # one corpus an hour
     assert [s["cron"] for s in by_flow["ingest_flow"]["paulgraham"]["schedules"]] == ["0 2 * * *"]
-    assert set(by_flow["pipeline_flow"]["demo"]["parameters"]["corpora"]) == names
+    demo = by_flow["pipeline_flow"]["demo"]["parameters"]
+    assert demo["corpora"] is None and demo["limit"] is None  # every corpus, whole
+    assert demo["preset"] == "demo" and demo["parallel"] == 2 and demo["torch_threads"] == 1
+    # A corpus the registry gains (a plug-in) gets the same deployments.
+    plugin = replace(builtin_specs()[0], name="zz-plugin")
+    extra = {d.full_name for d in generate([*builtin_specs(), plugin])} - {
+        d.full_name for d in generate(builtin_specs())
+    }
+    sweeps = {"sweep/zz-plugin", "sweep-child/zz-plugin"} if has_flow(SWEEP) else set()
+    assert extra == {"ingest/zz-plugin", "train/zz-plugin"} | sweeps
 
 
 def test_pipeline_sources_come_from_mirror_or_overrides():

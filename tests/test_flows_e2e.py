@@ -1,7 +1,10 @@
-"""The main job end to end, the way `make demo` runs it: prefect.yaml deployed on a real
-Prefect server, `prefect deployment run 'pipeline/demo'` picked up by the process worker,
-every source read from ../shared/corpora over loopback HTTP (kubernetes-go from the Debian
-Go tree of k8s.io/utils). Then a scheduled retrain through `train/paulgraham`."""
+"""The main job end to end, the way `make demo` runs it: the deployments generated from
+the registry on a real Prefect server, `prefect deployment run 'pipeline/demo' --watch`
+picked up by the process worker, every source read from ../shared/corpora over loopback
+HTTP (kubernetes-go from the Debian Go tree of k8s.io/utils), trainings two at a time in
+processes of their own. One corpus's source is missing, so its failure and its reason show
+in the watch output while the others finish. Then an unchanged corpus is skipped with its
+reason, and a scheduled retrain through `train/paulgraham`."""
 
 from __future__ import annotations
 
@@ -15,25 +18,39 @@ from pathlib import Path
 import pytest
 import yaml
 
+from flows.pipeline import SUMMARY_ARTIFACT
 from flows.services import REPO
 from scrapers.mirror import serve_mirror
 
-CORPORA = ("paulgraham", "friends", "sanguo", "kubernetes-go")
 GO_TREE = Path("/usr/share/gocode/src/k8s.io/utils")  # Debian golang-k8s-utils-dev (.ci/run)
-# Small enough for two shared cores: two documents a corpus, six steps of the tiny model.
+BROKEN = "shuttleset"  # its source is missing in this run: a failed ingest, with its reason
+# Small enough for two shared cores: two documents a corpus, six steps of the tiny model,
+# two trainings at a time on one torch thread each.
 DEMO_PARAMS = {
     "limit": 2,
     "preset": "tiny",
     "overrides": {"max_steps": 6, "eval_every": 3, "sample_chars": 60},
-    "sources": {"kubernetes-go": str(GO_TREE)},
+    "sources": {"kubernetes-go": str(GO_TREE), BROKEN: "/nonexistent/match.csv"},
+    "parallel": 2,
+    "torch_threads": 1,
+    "retries": 0,
 }
+
+
+def registered() -> list[str]:
+    from scrapers.registry import list_corpora
+
+    return [s.name for s in list_corpora()]
+
+
+CORPORA = [c for c in registered() if c != BROKEN]
 
 
 def prefect_cli(stack, *args: str, timeout: float) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "prefect", *args],
         cwd=REPO,
-        env={**os.environ, **stack.client_env()},
+        env={**os.environ, **stack.client_env(), "COLUMNS": "200"},
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -44,22 +61,28 @@ def worker_log(stack) -> str:
     return (stack.run_dir / "prefect-worker.log").read_text(errors="replace")[-6000:]
 
 
+def run_demo(stack, params: dict, timeout: float = 480) -> tuple[subprocess.CompletedProcess, str]:
+    done = prefect_cli(
+        stack, "deployment", "run", "pipeline/demo", "--params", json.dumps(params),
+        "--watch", "--watch-timeout", str(int(timeout)), timeout=timeout + 60,
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    return done, output
+
+
 @pytest.fixture(scope="module")
 def demo_run(prefect_deployed, corpora_dir):
-    """Run pipeline/demo once against the mirror; yields (stack, flow run id)."""
+    """Run pipeline/demo once against the mirror; yields (stack, flow run id, watch output)."""
     assert GO_TREE.is_dir(), f"{GO_TREE} missing: install golang-k8s-utils-dev (.ci/run)"
     stack = prefect_deployed
     with serve_mirror(corpora_dir) as base:
-        params = {**DEMO_PARAMS, "mirror": base}
-        done = prefect_cli(
-            stack, "deployment", "run", "pipeline/demo", "--params", json.dumps(params),
-            "--watch", "--watch-timeout", "480", timeout=540,
-        )  # fmt: skip
-    output = done.stdout + done.stderr
-    assert done.returncode == 0, f"{output}\n--- worker log ---\n{worker_log(stack)}"
-    assert "Completed" in output
+        done, output = run_demo(stack, {**DEMO_PARAMS, "mirror": base})
+    (stack.run_dir / "demo-watch.log").write_text(output)  # to read when a test fails
+    # Every corpus but the broken one finishes; the run fails and says which and why.
+    assert done.returncode == 1, f"{output}\n--- worker log ---\n{worker_log(stack)}"
+    assert "Flow run finished in state 'Failed'" in output
     flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", output).group(1)
-    return stack, flow_run_id
+    return stack, flow_run_id, output
 
 
 def sync_client(stack):
@@ -81,7 +104,7 @@ def subflow_runs(stack, parent_id: str) -> dict[str, object]:
 
 
 def test_demo_deployment_writes_every_corpus(demo_run):
-    stack, _ = demo_run
+    stack, _, _ = demo_run
     for corpus in CORPORA:
         corpus_dir = stack.home / "data" / corpus
         manifest = json.loads((corpus_dir / "manifest.json").read_text())
@@ -96,7 +119,7 @@ def test_demo_deployment_writes_every_corpus(demo_run):
 def test_demo_deployment_tracks_a_run_per_corpus_in_mlflow(demo_run):
     from mlflow import MlflowClient
 
-    stack, _ = demo_run
+    stack, _, _ = demo_run
     client = MlflowClient(stack.tracking_uri)
     for corpus in CORPORA:
         experiment = client.get_experiment_by_name(f"charflow/{corpus}")
@@ -120,11 +143,12 @@ def test_demo_deployment_tracks_a_run_per_corpus_in_mlflow(demo_run):
 def test_demo_deployment_leaves_prefect_artifacts(demo_run):
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
-    stack, flow_run_id = demo_run
+    stack, flow_run_id, _ = demo_run
     runs = subflow_runs(stack, flow_run_id)
     expected = {f"{flow}-{corpus}" for corpus in CORPORA for flow in ("ingest", "train")}
-    assert {name.removesuffix("-tiny") for name in runs} == expected
-    assert all(run.state.is_completed() for run in runs.values())
+    assert {name.removesuffix("-tiny") for name in runs} == expected | {f"ingest-{BROKEN}"}
+    assert runs[f"ingest-{BROKEN}"].state.is_failed()
+    assert all(run.state.is_completed() for name, run in runs.items() if BROKEN not in name)
     with sync_client(stack) as client:
         artifacts = client.read_artifacts(
             artifact_filter=ArtifactFilter(
@@ -158,20 +182,32 @@ def test_train_deployments_carry_weekly_cron_schedules(prefect_deployed):
         assert [s.schedule.cron for s in nightly.schedules] == ["0 2 * * *"]
 
 
-def test_deploy_creates_a_rate_limit_per_scraped_host(prefect_deployed):
-    from flows.deploy import host_limits
+def test_deploy_creates_a_rate_limit_per_scraped_host_and_none_for_loopback(prefect_deployed):
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from flows.deploy import ensure_host_limits, host_limits
 
     with sync_client(prefect_deployed) as client:
         for name, rate in host_limits().items():
             limit = client.read_global_concurrency_limit_by_name(name)
             assert limit.active and limit.slot_decay_per_second == rate
-    assert "host:paulgraham.com" in host_limits() and "host:127.0.0.1" in host_limits()
+        # What an older charflow made: a limit on the loopback mirror. Deploying again
+        # switches it off.
+        client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(
+                name="host:127.0.0.1", limit=50, slot_decay_per_second=50.0, active=True
+            )
+        )
+        ensure_host_limits(prefect_deployed)
+        assert not client.read_global_concurrency_limit_by_name("host:127.0.0.1").active
+    assert "host:paulgraham.com" in host_limits()
+    assert not any(name.startswith("host:127.") for name in host_limits())
 
 
 def test_scheduled_retrain_of_an_unchanged_corpus_is_skipped(demo_run, prefect_env):
     from prefect.deployments import run_deployment
 
-    stack, _ = demo_run
+    stack, _, _ = demo_run
     # Exactly what the weekly schedule creates: a run of train/paulgraham with its defaults.
     run = run_deployment("train/paulgraham", timeout=300)
     assert run.state.is_completed(), f"{run.state}\n--- worker log ---\n{worker_log(stack)}"
@@ -186,3 +222,82 @@ def test_scheduled_retrain_of_an_unchanged_corpus_is_skipped(demo_run, prefect_e
     client = MlflowClient(stack.tracking_uri)
     experiment = client.get_experiment_by_name("charflow/paulgraham")
     assert len(client.search_runs([experiment.experiment_id])) == 1  # nothing new trained
+
+
+def test_watch_shows_why_a_corpus_failed(demo_run):
+    _, _, output = demo_run
+    # The pipeline's own log line (watch prints "▪ <time> <run id> <message>").
+    said = re.compile(rf"▪ .*[0-9a-f]{{12}} {BROKEN}: ingest failed: ")
+    lines = [line for line in output.splitlines() if said.search(line)]
+    assert len(lines) == 1, output[-4000:]
+    (line,) = lines
+    assert "/nonexistent/match.csv" in line  # the fetcher's own reason, not just "Failed"
+    assert f"1 of {len(CORPORA) + 1} corpora failed: {BROKEN}: ingest failed" in output
+
+
+def test_trainings_run_two_at_a_time_in_processes_of_their_own(demo_run):
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    stack, flow_run_id, _ = demo_run
+    trains = [r for name, r in subflow_runs(stack, flow_run_id).items() if name.startswith("train")]
+    spans = sorted((r.start_time, r.end_time) for r in trains)
+    for start, _ in spans:
+        running = sum(1 for s, e in spans if s <= start < e)
+        assert running <= 2, f"{running} trainings at once"
+    with sync_client(stack) as client:
+        tasks = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[r.id for r in trains])),
+            task_run_filter=TaskRunFilter(name=TaskRunFilterName(like_="train %")),
+        )
+    assert len(tasks) == len(CORPORA)
+    assert all(t.name.endswith("(lstm, 1 torch threads)") for t in tasks), [t.name for t in tasks]
+
+
+def test_demo_ends_on_a_table_and_one_mlflow_link(demo_run):
+    from mlflow import MlflowClient
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
+
+    stack, flow_run_id, output = demo_run
+    with sync_client(stack) as client:
+        (artifact,) = client.read_artifacts(
+            artifact_filter=ArtifactFilter(
+                flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                key=ArtifactFilterKey(any_=[SUMMARY_ARTIFACT]),
+            )
+        )
+    text = artifact.data
+    mlflow = MlflowClient(stack.tracking_uri)
+    run_ids = []
+    table = text.split("\n\n")[0].splitlines()  # the table, then samples, then the link
+    for corpus in CORPORA:
+        (row,) = [line for line in table if line.startswith(f"{corpus} ")]
+        assert row.endswith("v1 (this run)") and "lstm1x32" in row
+        experiment = mlflow.get_experiment_by_name(f"charflow/{corpus}")
+        (run,) = mlflow.search_runs([experiment.experiment_id])
+        assert f"{run.data.metrics['val_bpc']:.3f}" in row
+        assert f"{corpus} writes (temperature 0.8):" in text
+        run_ids.append(run.info.run_id)
+    (link,) = [line for line in text.splitlines() if "in MLflow:" in line]
+    assert link.startswith(f"Compare these {len(CORPORA)} runs in MLflow: {stack.mlflow_ui_url}/")
+    assert all(run_id in link for run_id in run_ids) and "workflowType=machine_learning" in link
+    assert "FAILED: ingest failed" in text
+    # The flow logged it, so --watch shows it too (folded at the terminal's width).
+    assert link.split(": ", 1)[1] in "".join(output.split())
+
+
+def test_an_unchanged_corpus_is_skipped_with_its_reason(demo_run, corpora_dir):
+    stack, _, _ = demo_run
+    with serve_mirror(corpora_dir) as base:
+        params = {**DEMO_PARAMS, "mirror": base, "corpora": ["sanguo"], "force": False}
+        done, output = run_demo(stack, params, timeout=300)
+    assert done.returncode == 0, output
+    assert "sanguo: not trained: corpus unchanged since champion v1" in output
