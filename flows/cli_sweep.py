@@ -112,7 +112,7 @@ def search_space(
     name: str, search: str | None, grid: str, preset: str, flags: dict, settings: list[str]
 ) -> tuple:
     """(every trial's settings before the searched ones, the checked search space)."""
-    from training.search import load_space
+    from training.search_space import load_space
     from training.sweep_grid import BUILTIN_GRIDS, build_configs
 
     if search is None:

@@ -1,6 +1,6 @@
 """The `sweep` flow: `charflow sweep` as a Prefect flow (deployments `sweep/<corpus>`).
 
-It calls the library's steps (training/sweep.py, training/search.py): start the sweep (or
+It calls the library's steps (training/sweep.py, training/search*.py): start the sweep (or
 the Optuna search), fan the configurations out, then log the comparison on the parent
 MLflow run. Two ways to fan out, by `fan_out`:
 
@@ -102,7 +102,8 @@ def search_trial(
 ) -> ChildResult | None:
     """One Optuna trial (asked of the study, pruned or not, told to it), in a process of
     its own."""
-    from training.search import Search, trial_in_worker
+    from training.search import trial_in_worker
+    from training.search_study import Search
 
     return _in_process(trial_in_worker, (sweep, Search.from_dict(search), ordinal), threads, gpu)
 
@@ -155,7 +156,8 @@ def sweep_child_flow(
 
         torch.set_num_threads(torch_threads)
     if search is not None:
-        from training.search import Search, describe_trial, run_trial
+        from training.search_study import Search
+        from training.search_trial import describe_trial, run_trial
 
         result = run_trial(local, Search.from_dict(search), seed_offset=ordinal)
         logger.info("%s", describe_trial(result, 1, 1))
@@ -273,7 +275,8 @@ def sweep_flow(
     plan = plan_workers(configs * (trials if search else 1), None if on_pool else parallel)
 
     if search is not None:
-        from training.search import begin_search, open_study, shown_url, trials_left
+        from training.search_start import begin_search
+        from training.search_study import open_study, shown_url, trials_left
 
         sweep, found = begin_search(
             name, path, base, space, trials=trials, name=run_name, tags=tags,
@@ -377,7 +380,7 @@ def _at_most(jobs: list[int], at_once: int, submit: Callable[[int, int], Any]):
 
 
 def _describe(future, job: int, finished: int, total: int, search: str | None) -> str:
-    from training.search import describe_trial
+    from training.search_trial import describe_trial
     from training.sweep_workers import describe_result
 
     if future.state.is_failed() or future.state.is_crashed():

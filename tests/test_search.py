@@ -18,16 +18,15 @@ import pytest
 from training import mlflow_setup
 from training.config import build_config
 from training.errors import TrainingError
-from training.search import (
+from training.search_space import check_space, parse_space
+from training.search_study import (
     INTERRUPTED_TAG,
     PRUNED_TAG,
     STORAGE_ENV,
     TRIAL_TAG,
-    PruningReporter,
-    check_space,
-    parse_space,
     study_storage_url,
 )
+from training.search_trial import PruningReporter
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = build_config("tiny")
@@ -309,7 +308,7 @@ def test_a_killed_search_continues_where_it_stopped(trainer_home, write_text, sh
 
 
 def test_search_space_errors_name_the_file(write_text):
-    from training.search import load_space
+    from training.search_space import load_space
 
     path = write_text("space.yaml", "lr: {low: 1, high: 0.1}\n")
     with pytest.raises(TrainingError, match=r"space.yaml: lr: low \(1\) must be below high"):
