@@ -210,8 +210,23 @@ SPEC = register(
         gather=gather,
         clean=clean,
         mirror_path="shuttleset/set/match.csv",
-        # 44 matches split whole: 10% each keeps val and test at four or five matches
-        training_defaults={"val_fraction": 0.1, "test_fraction": 0.1},
+        # 44 matches split whole: 10% each keeps val and test at four or five matches.
+        # The model: chosen on validation for 5-minute CPU runs (docs/shuttleset.md). The
+        # corpus is ~51k chars over 20 symbols, so a small GRU learns more in 5
+        # minutes than wider or deeper nets, which overfit or get too few steps; 64 chars
+        # are a few rallies (14 chars with the separator on average).
+        training_defaults={
+            "val_fraction": 0.1,
+            "test_fraction": 0.1,
+            "model": "gru",
+            "num_layers": 1,
+            "hidden_size": 64,
+            "emb_size": 32,
+            "dropout": 0.1,
+            "seq_len": 64,
+            "batch_size": 32,
+            "lr": 3e-3,
+        },
         options=OPTIONS,
         manifest_fields=manifest_fields,
     )
