@@ -587,6 +587,9 @@ def log_symbol_report(tracker, run: Run, samples: dict[float, str] | None = None
     symbol_ids, end_id = alphabet_ids(vocab, alphabet.entries, alphabet.end)
     event_ids = [i for i in symbol_ids if alphabet.is_event(vocab[i])]
     train_ids = data.split_ids("train")
+    # the whole validation split: run.val_ids may be a prefix (eval_chars), and the
+    # baselines' smoothing is chosen on all of it
+    val_ids = data.split_ids("val")
     client, run_id = tracker.client, tracker.run_id
 
     shots = shots_table(alphabet, vocab, train_ids)
@@ -597,7 +600,7 @@ def log_symbol_report(tracker, run: Run, samples: dict[float, str] | None = None
         tracker.log_text(words, f"samples/{name}_rallies.txt")
 
     # held out: test, or val for a corpus without a test split (the picture only)
-    held_out, split = (run.test_ids, "test") if len(run.test_ids) > 1 else (run.val_ids, "val")
+    held_out, split = (run.test_ids, "test") if len(run.test_ids) > 1 else (val_ids, "val")
     scores = score_model(run.model, held_out, run.device, run.autocast, symbol_ids, event_ids)
     sampled = sample_ids(run.model, end_id, run.device, seed=run.cfg.seed)
     fig = transitions_figure(
@@ -620,11 +623,11 @@ def log_symbol_report(tracker, run: Run, samples: dict[float, str] | None = None
     )
 
     has_symbols = all(
-        symbol_mask(ids, symbol_ids).any() for ids in (train_ids, run.val_ids, run.test_ids)
+        symbol_mask(ids, symbol_ids).any() for ids in (train_ids, val_ids, run.test_ids)
     )
     if split != "test" or not has_symbols:
         return "symbols: no test split with symbols, so no comparison with the baselines"
-    report = fit_baselines(train_ids, run.val_ids, run.test_ids, symbol_ids, end_id)
+    report = fit_baselines(train_ids, val_ids, run.test_ids, symbol_ids, end_id)
     tests = baseline_scores(report, train_ids, run.test_ids, symbol_ids, end_id, scores.scored)
     metrics = symbol_metrics(scores, report, tests)
     tracker.log_metrics(metrics, step=step)
