@@ -103,4 +103,5 @@ def test_document_breaks_are_visible():
     from training.sample import DOCUMENT_BREAK, visible_breaks
 
     assert visible_breaks("end.\n\x1e\nNext") == f"end.{DOCUMENT_BREAK}Next"
-    assert "\x1e" not in visible_breaks("a\x1eb") and "next document" in visible_breaks("\x1e")
+    assert "\x1e" not in visible_breaks("a\x1eb") and "─" * 16 in visible_breaks("\x1e")
+    assert not any(ch.isalnum() for ch in DOCUMENT_BREAK)  # letters are symbols somewhere

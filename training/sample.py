@@ -28,8 +28,9 @@ CONTEXT_CHARS = 256  # a vanilla RNN needs ~32 characters to recover from a zero
 # What every document of a corpus folder follows: the tail of its separator "\n\x1e\n".
 DOC_START = "\x1e\n"
 CONTEXT_SEARCH_CHARS = 1 << 16
-# How a document boundary inside a sample is shown to people (the raw U+001E is invisible).
-DOCUMENT_BREAK = "\n──── next document ────\n"
+# How a document boundary inside a sample is shown to people (the raw U+001E is invisible):
+# a rule of box-drawing characters, no letters, since letters are symbols in some corpora.
+DOCUMENT_BREAK = "\n" + "─" * 16 + "\n"
 
 
 def visible_breaks(text: str) -> str:
