@@ -1,5 +1,6 @@
-"""Symbol corpora in the trainer (training/symbols.py): the model against counting, rallies in
-words, transition pictures.
+"""Symbol corpora in the trainer (training/symbols.py and the symbol_alphabet, symbol_metrics
+and symbol_plots modules it calls): the model against counting, rallies in words, transition
+pictures.
 
 The corpora are real: three of Viktor AXELSEN's matches from ../shared/corpora/shuttleset,
 ingested by the real ingest into the test's own folder. Trainings are tracked into a SQLite
@@ -34,18 +35,16 @@ from training.data import corpus_manifest, prepare_dataset
 from training.errors import TrainingError
 from training.models import CharModel
 from training.streams import EVAL_STREAMS, evaluate
-from training.symbols import (
-    baseline_scores,
-    previous_event,
+from training.symbol_alphabet import (
     rallies_of,
     rally_from_words,
     rally_in_words,
     sample_from_words,
     sample_in_words,
-    score_model,
     symbol_alphabet,
-    transition_counts,
 )
+from training.symbol_metrics import baseline_scores, previous_event, score_model
+from training.symbol_plots import transition_counts
 from training.train import train
 
 SET_DIR = CORPORA / "shuttleset" / "set"
