@@ -187,7 +187,7 @@ def pipeline_flow(
         if kind == "ingest":
             future = ingests[corpus]
             future.wait()
-            if future.state.is_failed():
+            if not future.state.is_completed():  # failed or crashed
                 failed(corpus, f"ingest failed: {future.state.message}")
             else:
                 results[corpus] = {"ingest": future.result()}
@@ -195,7 +195,7 @@ def pipeline_flow(
         else:
             future = trainings.pop(corpus)
             future.wait()
-            if future.state.is_failed():
+            if not future.state.is_completed():
                 failed(corpus, f"train failed: {future.state.message}")
             else:
                 trained = future.result()

@@ -11,9 +11,9 @@ import torch
 
 from training.config import build_config
 from training.errors import TrainingError
-from training.train import train
 from training.models import CharModel
 from training.sample import generate, sample_texts
+from training.train import train
 
 TEXT = "To be, or not to be: 😀 𝔘𝔫𝔦𝔠𝔬𝔡𝔢 and 三国 演义.\n"
 VOCAB = sorted(set(TEXT))
