@@ -140,6 +140,8 @@ def test_plugin_corpus_gets_its_deployments_and_trains_on_the_worker(
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     assert mlflow_run.info.status == "FINISHED"
     assert mlflow_run.data.params["val_fraction"] == "0.1"  # the spec's training_defaults
+    versions = client.search_model_versions(f"name = 'charflow-{PLUGIN}'")
+    assert [v.run_id for v in versions] == [mlflow_run.info.run_id], watched.stdout[-3000:]
     champion = client.get_model_version_by_alias(f"charflow-{PLUGIN}", "champion")
     assert champion.run_id == mlflow_run.info.run_id
 

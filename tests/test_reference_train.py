@@ -103,7 +103,8 @@ def test_cli_scratch_train_rejects_an_unknown_model(text_file):
 def test_tracked_run_uses_the_trainers_names(text_file, capsys):
     from mlflow import MlflowClient
 
-    from training.mlflow_setup import METRICS, configure_mlflow, experiment_name
+    from training.mlflow_names import METRICS, experiment_name
+    from training.mlflow_setup import configure_mlflow
 
     cfg = ScratchConfig(
         model="rnn",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import math
 import random
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -44,6 +43,9 @@ if TYPE_CHECKING:
 
 PROMOTION_ROUNDS = 50  # compare-and-set rounds before giving up (concurrent promoters)
 REGISTER_WAIT_SECONDS = 60.0  # how long registration waits for the run's records to be sent
+# A busy store (a locked SQLite file, a server restarting) mostly answers within seconds:
+# tries 1 + 2 + 4 s apart before the registration is deferred to the journal.
+REGISTER_TRIES = 4
 REGISTRATION_TAG = "charflow.registration"  # a version's registration id: replays add none
 
 
@@ -194,21 +196,28 @@ def register_model(
         raise TrainingError(f"checkpoint not found: {checkpoint_path}")
     if not tracker.drain(REGISTER_WAIT_SECONDS):
         return _defer(tracker, checkpoint_path, val_loss, corpus_digest, "is not answering")
-    try:
-        return register_version(
-            tracker.client,
-            corpus=tracker.corpus,
-            experiment_id=tracker.experiment_id,
-            run_id=tracker.run_id,
-            checkpoint_path=checkpoint_path,
-            val_loss=val_loss,
-            corpus_digest=corpus_digest,
-            registration=uuid.uuid4().hex,
-        )
-    except Exception as err:
-        if not is_transient(err):
-            raise
-        return _defer(tracker, checkpoint_path, val_loss, corpus_digest, f"failed ({reason(err)})")
+    for attempt in range(REGISTER_TRIES):
+        try:
+            return register_version(
+                tracker.client,
+                corpus=tracker.corpus,
+                experiment_id=tracker.experiment_id,
+                run_id=tracker.run_id,
+                checkpoint_path=checkpoint_path,
+                val_loss=val_loss,
+                corpus_digest=corpus_digest,
+                # One id per run and val loss: a retry, or a resume that finishes a run killed
+                # after it registered, finds that version instead of adding another.
+                registration=f"{tracker.run_id}:{float(val_loss)!r}",
+            )
+        except Exception as err:
+            if not is_transient(err):
+                raise
+            if attempt == REGISTER_TRIES - 1:
+                what = f"failed ({reason(err)})"
+                return _defer(tracker, checkpoint_path, val_loss, corpus_digest, what)
+            time.sleep(2**attempt)
+    raise AssertionError("unreachable")
 
 
 def _defer(tracker, checkpoint_path: Path, val_loss: float, digest: str, what: str):

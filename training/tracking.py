@@ -1,6 +1,6 @@
 """The MLflow run of one training: lifecycle, params, dataset input, metrics, samples, plots.
 
-Every run uses the same param and metric names (`training.mlflow_setup.METRICS`), so the
+Every run uses the same param and metric names (`training.mlflow_names.METRICS`), so the
 MLflow UI can compare any two runs of a corpus side by side. The trained model is logged
 and registered by `training.registry.register_model(tracker, ...)`.
 
