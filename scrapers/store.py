@@ -22,6 +22,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
+from charflow.processes import pid_alive
 from charflow.version import code_version
 from scrapers.registry import Document
 
@@ -137,22 +138,12 @@ def _staging_owner(folder: Path, target: Path) -> int | None:
     return int(match["pid"])
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def recover_staging(target: Path) -> None:
     """Remove staging folders of killed runs, taking back a raw cache one of them holds.
     Folders of runs still alive (a concurrent ingest of the same corpus) are left alone."""
     for stale in sorted(target.parent.glob(f"{STAGING_PREFIX}*")):
         pid = _staging_owner(stale, target)
-        if pid is None or (pid != os.getpid() and _alive(pid)):
+        if pid is None or (pid != os.getpid() and pid_alive(pid)):
             continue
         raw = stale / RAW_DIR
         if raw.is_dir() and not (target / RAW_DIR).exists():

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from charflow.files import read_yaml
 from training.config import TrainConfig
 from training.errors import TrainingError
 
@@ -94,17 +95,13 @@ def load_space(
 ) -> SearchSpace:
     """The search space of a YAML file, checked against the runs' settings (`base`) and
     the settings given for every run (`fixed`): one line naming the bad key or value."""
-    import yaml
-
     path = Path(spec)
     if not path.is_file():
         raise TrainingError(f"search space {str(spec)!r} is not a file (a YAML file of ranges)")
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise TrainingError(f"{path}: not valid YAML{where}") from None
+        doc = read_yaml(path)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
     try:
         return check_space(parse_space(doc), base, fixed)
     except TrainingError as err:

@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import socket
 import time
 from pathlib import Path
 
+from charflow.processes import pid_alive
 from training.config import TrainConfig
 from training.errors import TrainingError
 from training.search_space import SearchSpace, check_space
@@ -105,16 +105,6 @@ def _log_search_params(sweep: Sweep, space: SearchSpace, trials: int, url: str) 
     )
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def fail_dead_trials(study, sweep: Sweep) -> list[int]:
     """Trials left RUNNING by a process of this machine that no longer runs: FAIL, without
     a reason (so they do not count); their child runs end KILLED. Trials of other machines
@@ -125,7 +115,7 @@ def fail_dead_trials(study, sweep: Sweep) -> list[int]:
     dead = [
         t.number
         for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-        if t.user_attrs.get("host") == host and not _alive(int(t.user_attrs.get("pid", 0)) or 1)
+        if t.user_attrs.get("host") == host and not pid_alive(int(t.user_attrs.get("pid", 0)) or 1)
     ]
     for number in dead:
         study.tell(number, state=TrialState.FAIL)

@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from charflow.files import read_yaml
 from training.comparison import ARCH_KEYS
 from training.config import TrainConfig
 from training.errors import TrainingError
@@ -40,14 +41,10 @@ def load_grid(spec: str | Path) -> list[dict[str, Any]]:
     if not path.is_file():
         names = ", ".join(BUILTIN_GRIDS)
         raise TrainingError(f"grid {str(spec)!r} is neither a built-in grid ({names}) nor a file")
-    import yaml
-
     try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        where = f" at line {mark.line + 1}" if mark else ""
-        raise TrainingError(f"{path}: not valid YAML{where}") from None
+        doc = read_yaml(path)
+    except ValueError as err:
+        raise TrainingError(str(err)) from None
     return expand_grid(doc, str(path))
 
 
