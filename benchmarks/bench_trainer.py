@@ -87,7 +87,8 @@ def trainer(text: Path, home: Path, device: str, layers, hidden, batch, seq, bf1
         val_fraction=0.005,
         test_fraction=0.0,
     )
-    result = train(cfg, text, out_dir=home / "ckpt", track=False, progress=False)
+    # the same folder each repeat: overwrite=True starts over there
+    result = train(cfg, text, out_dir=home / "ckpt", track=False, progress=False, overwrite=True)
     return [row["chars_per_sec"] for row in result.history[1:]]
 
 
