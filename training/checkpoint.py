@@ -108,11 +108,16 @@ def resume_config(out_dir: Path, world_size: int = 1) -> TrainConfig:
     return cfg.replace(batch_size=global_batch // world_size)
 
 
-def load_resumable(last_path: Path, cfg: TrainConfig, world_size: int) -> dict:
+def load_resumable(
+    last_path: Path, cfg: TrainConfig, world_size: int, unended_run: str | None = None
+) -> dict:
     """The checkpoint to resume with `cfg`, refused when a setting that shapes the math changed.
 
     batch_size is per process: a run may resume in another number of processes as long as
-    the global batch (and so the streams and the carried state) stays the same."""
+    the global batch (and so the streams and the carried state) stays the same. A checkpoint
+    at max_steps resumes only when its MLflow run is `unended_run` (the folder's tracker
+    never ended it: the process was killed after the last step, while testing or
+    registering); the resume then only finishes the run."""
     ckpt = load_checkpoint(last_path)
     saved = checkpoint_config(ckpt)
     changed = [
@@ -125,7 +130,9 @@ def load_resumable(last_path: Path, cfg: TrainConfig, world_size: int) -> dict:
         changed.append(f"global batch size ({saved_batch} -> {cfg.batch_size * world_size})")
     if changed:
         raise TrainingError(f"cannot change on resume: {', '.join(changed)}")
-    if ckpt["step"] >= cfg.max_steps:
+    finishing = unended_run is not None and ckpt.get("run_id") == unended_run
+    finishing = finishing and ckpt["step"] == cfg.max_steps
+    if ckpt["step"] >= cfg.max_steps and not finishing:
         raise TrainingError(f"{last_path} is at step {ckpt['step']}; raise max_steps to continue")
     return ckpt
 

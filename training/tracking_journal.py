@@ -233,6 +233,19 @@ class Journal:
         os.replace(tmp, path)
 
 
+def unended_run(folder: Path) -> str | None:
+    """The MLflow run a tracker in `folder` started and never ended (its process died before
+    the run's end was recorded), if any. A run whose end waits in the journal for the store
+    is ended: `charflow sync` sends it."""
+    info = Journal(folder).read_run()
+    if not info or not info.get("run_id"):
+        return None
+    records, _ = read_pending(folder / JOURNAL)
+    if any(r.get("op") == "end" and r.get("run_id") == info["run_id"] for r in records):
+        return None
+    return info["run_id"]
+
+
 def read_pending(path: Path | None) -> tuple[list[dict], int]:
     """(records not yet acknowledged, the highest seq seen) of a journal file. A torn last
     line (the process died mid-write) is ignored: its record was never acknowledged, and

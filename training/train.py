@@ -27,6 +27,7 @@ from training.mlflow_names import default_run_name
 from training.reporting import Console, MLflowReporter, Reporter, Reporters
 from training.run import Run, best_test_loss, build_run, check_splits, load_best, restore
 from training.run_dir import RunDirLock, latest_run_dir, new_run_dir, prepare_run_dir
+from training.tracking_journal import unended_run
 from training.units import bits
 
 # Manifest fields a run keeps as corpus/stats.json (scrapers/store.py writes them).
@@ -83,7 +84,9 @@ def train(
     if out_dir is None:
         out_dir = latest_run_dir(corpus) if resume else new_run_dir(corpus)
     out_dir = Path(out_dir)
-    ckpt = load_resumable(out_dir / "last.pt", cfg, ranks.world_size) if resume else None
+    ckpt = None
+    if resume:  # a run killed after its last step resumes to be finished (tested, registered)
+        ckpt = load_resumable(out_dir / "last.pt", cfg, ranks.world_size, unended_run(out_dir))
     track = track and ranks.is_main
     if track:  # a dead tracking server is one line now, not minutes of retries later
         from training.mlflow_setup import check_tracking_store
