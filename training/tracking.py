@@ -173,7 +173,7 @@ class RunTracker:
         if exc is None:
             status, tags = "FINISHED", {}
         elif isinstance(exc, KeyboardInterrupt):
-            status, tags = "KILLED", {"charflow.killed": "interrupted (Ctrl-C / SIGINT)"}
+            status, tags = "KILLED", {"charflow.killed": "interrupted (Ctrl-C / SIGINT or SIGTERM)"}
         else:  # the training error is what the caller sees; the run records its first line
             status = "FAILED"
             tags = {"failure": f"{exc_type.__name__}: {exc}".splitlines()[0][:1000]}
