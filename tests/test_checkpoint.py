@@ -13,6 +13,7 @@ import torch
 from training.checkpoint import (
     load_checkpoint,
     model_from_checkpoint,
+    repair_best,
     rng_state,
     save_checkpoint,
     set_rng_state,
@@ -92,3 +93,20 @@ def test_truncated_and_foreign_checkpoints(trained, tmp_path):
         load_checkpoint(foreign)
     with pytest.raises(TrainingError, match="no such checkpoint"):
         load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_a_best_checkpoint_left_behind_by_a_kill_is_repaired(trained):
+    """last.pt is written first: a kill before best.pt leaves it missing or an evaluation
+    behind while last.pt counts its own step as the best."""
+    out = trained.last_checkpoint.parent
+    last = load_checkpoint(out / "last.pt")
+    assert last["best_step"] == last["step"] == 20
+    (out / "best.pt").unlink()
+    repair_best(out, last)
+    assert load_checkpoint(out / "best.pt")["step"] == 20
+    save_checkpoint(out / "best.pt", {**last, "step": 10})  # an evaluation behind
+    repair_best(out, last)
+    assert load_checkpoint(out / "best.pt")["step"] == 20
+    save_checkpoint(out / "best.pt", {**last, "step": 10})
+    repair_best(out, {**last, "best_step": 10})  # last.pt is not the best: best.pt stays
+    assert load_checkpoint(out / "best.pt")["step"] == 10

@@ -120,7 +120,7 @@ def test_demo_deployment_tracks_a_run_per_corpus_in_mlflow(demo_run):
     from mlflow import MlflowClient
 
     stack, _, _ = demo_run
-    client = MlflowClient(stack.tracking_uri)
+    client = MlflowClient(stack.tracking_uri, stack.tracking_uri)
     for corpus in CORPORA:
         experiment = client.get_experiment_by_name(f"charflow/{corpus}")
         assert experiment is not None, corpus
@@ -219,7 +219,7 @@ def test_scheduled_retrain_of_an_unchanged_corpus_is_skipped(demo_run, prefect_e
 
     from mlflow import MlflowClient
 
-    client = MlflowClient(stack.tracking_uri)
+    client = MlflowClient(stack.tracking_uri, stack.tracking_uri)
     experiment = client.get_experiment_by_name("charflow/paulgraham")
     assert len(client.search_runs([experiment.experiment_id])) == 1  # nothing new trained
 
@@ -275,7 +275,7 @@ def test_demo_ends_on_a_table_and_one_mlflow_link(demo_run):
             )
         )
     text = artifact.data
-    mlflow = MlflowClient(stack.tracking_uri)
+    mlflow = MlflowClient(stack.tracking_uri, stack.tracking_uri)
     run_ids = []
     table = text.split("\n\n")[0].splitlines()  # the table, then samples, then the link
     for corpus in CORPORA:

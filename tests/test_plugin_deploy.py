@@ -135,7 +135,7 @@ def test_plugin_corpus_gets_its_deployments_and_trains_on_the_worker(
 
     watched = run(as_run_here(train, corpora_dir), env, workdir, timeout=600)
     assert "Completed" in watched.stdout, watched.stdout[-3000:]
-    client = MlflowClient(stack.tracking_uri)
+    client = MlflowClient(stack.tracking_uri, stack.tracking_uri)
     experiment = client.get_experiment_by_name(f"charflow/{PLUGIN}")
     (mlflow_run,) = client.search_runs([experiment.experiment_id])
     assert mlflow_run.info.status == "FINISHED"

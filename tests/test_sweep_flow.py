@@ -235,7 +235,7 @@ def test_the_sweep_deployment_runs_children_as_task_runs(
     assert trainings == ["paulgraham-gru1x32", "paulgraham-rnn1x32"]
     assert {t.state.type.value for t in tasks} == {"COMPLETED"}
 
-    client = MlflowClient(prefect_env.tracking_uri)  # the worker's store
+    client = MlflowClient(prefect_env.tracking_uri, prefect_env.tracking_uri)  # the worker's store
     (parent,) = client.search_runs(
         [client.get_experiment_by_name("charflow/paulgraham").experiment_id],
         "tags.`charflow.sweep` = 'deployed1' and tags.`charflow.role` = 'sweep'",

@@ -358,7 +358,7 @@ def test_remote_tracking_server_works_unchanged(mlflow_server, tmp_path, monkeyp
     assert run.run_url().startswith(f"{url}/#/experiments/")
     assert result.is_champion
 
-    c = MlflowClient(url)
+    c = MlflowClient(url, url)
     got = c.get_run(run.run_id)
     assert got.info.status == "FINISHED"
     assert got.data.params["model"] == "gru"

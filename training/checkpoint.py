@@ -137,6 +137,18 @@ def load_resumable(
     return ckpt
 
 
+def repair_best(out_dir: Path, ckpt: dict) -> None:
+    """best.pt is written after last.pt: a process killed between the two leaves last.pt
+    counting its own step as the best while best.pt is an evaluation behind (or missing).
+    That last.pt is then the best checkpoint: write it as best.pt before resuming."""
+    if ckpt["best_step"] != ckpt["step"]:
+        return
+    best_path = Path(out_dir) / "best.pt"
+    if best_path.exists() and load_checkpoint(best_path)["step"] == ckpt["step"]:
+        return
+    save_checkpoint(best_path, ckpt)
+
+
 def model_from_checkpoint(ckpt: dict, device: torch.device | str = "cpu") -> CharModel:
     cfg = checkpoint_config(ckpt)
     model = build_model(cfg, len(ckpt["vocab"]))

@@ -223,12 +223,9 @@ def _evaluate_and_save(run: Run, report: Reporter, train_loss, grad_norm, chars_
     asked_to_stop = bool(report.evaluation(row, sample, improved))
     report.flush()
     payload = checkpoint_payload(run, carried)
-    # best before last: a kill between the two leaves last.pt an evaluation behind, so the
-    # resume redoes this evaluation and writes best.pt again (the other order would leave
-    # best.pt stale for good, last.pt already counting it as saved).
-    if improved:
-        save_checkpoint(run.best_path, payload)
     save_checkpoint(run.last_path, payload)
+    if improved:  # a kill before this write: a resume repairs best.pt (checkpoint.repair_best)
+        save_checkpoint(run.best_path, payload)
     if asked_to_stop or (cfg.patience and s.bad_evals >= cfg.patience):
         return "early_stopping"
     return None

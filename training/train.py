@@ -17,7 +17,7 @@ from pathlib import Path
 
 from charflow.version import code_version, git_commit
 from training import distributed
-from training.checkpoint import load_resumable
+from training.checkpoint import load_resumable, repair_best
 from training.config import TrainConfig
 from training.data import corpus_manifest, corpus_name, prepare_dataset
 from training.errors import TrainingError
@@ -110,6 +110,8 @@ def train(
         stack.callback(distributed.teardown, ranks)
         run = build_run(cfg, data, corpus, distributed.setup(ranks, cfg.device), out_dir, ranks)
         if ckpt:
+            if ranks.is_main:  # under the folder's lock
+                repair_best(out_dir, ckpt)
             restore(run, ckpt)
         console = Reporter()  # ranks other than 0 stay quiet
         if ranks.is_main:
