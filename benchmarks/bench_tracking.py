@@ -26,7 +26,7 @@ def run() -> list[dict]:
         start = time.perf_counter()
         from mlflow.entities import Metric
 
-        from training.registry import register_model
+        from training.registration import register_model
         from training.tracking import RunTracker
 
         tracker = RunTracker("bench")  # creates the store: MLflow's migrations run here

@@ -339,7 +339,8 @@ def sweep_flow(
     except BaseException as err:  # the parent run must not stay RUNNING
         from training.sweep_records import _end_parent
 
-        _end_parent(sweep, "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED")
+        status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        _end_parent(sweep.parent_run_id, status)
         raise
     table = text_table(comparison)
     logger.info("comparison:\n%s\ncompare in MLflow: %s", table, comparison.url)
@@ -414,7 +415,7 @@ def _grid_result(sweep: Sweep, index: int, future, on_pool: bool) -> ChildResult
             outcome = future.result()
             reason = f"flow run {outcome['flow_run_id']} {outcome['state']}: {outcome['message']}"
     tags = _child_tags(sweep, index, sweep.child_dir(index, cfg), None)
-    run_id = _record_failure(sweep, cfg, name, tags, reason[:1000])
+    run_id = _record_failure(sweep.experiment_id, sweep.corpus, cfg, name, tags, reason[:1000])
     return ChildResult(index, name, run_id, "FAILED", reason[:1000])
 
 

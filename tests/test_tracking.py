@@ -19,7 +19,7 @@ from mlflow import MlflowClient
 
 from training import mlflow_setup, pyfunc, registry
 from training.errors import TrainingError
-from training.registry import register_model
+from training.registration import register_model
 from training.tracking import RunTracker
 
 DIGEST = "3f" * 32  # a sha256 hex digest

@@ -19,7 +19,6 @@ import random
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import mlflow.pyfunc
 from mlflow import MlflowClient
@@ -36,16 +35,8 @@ from training.pyfunc import (
     pip_requirements,
     quiet_model_logging,
 )
-from training.tracking_journal import is_transient, reason
-
-if TYPE_CHECKING:
-    from training.tracking import RunTracker
 
 PROMOTION_ROUNDS = 50  # compare-and-set rounds before giving up (concurrent promoters)
-REGISTER_WAIT_SECONDS = 60.0  # how long registration waits for the run's records to be sent
-# A busy store (a locked SQLite file, a server restarting) mostly answers within seconds:
-# tries 1 + 2 + 4 s apart before the registration is deferred to the journal.
-REGISTER_TRIES = 4
 REGISTRATION_TAG = "charflow.registration"  # a version's registration id: replays add none
 
 
@@ -181,64 +172,9 @@ def champion_decision(val_loss: float, current: Champion | None) -> tuple[bool, 
     )
 
 
-def register_model(
-    tracker: RunTracker, checkpoint_path: Path, *, val_loss: float, corpus_digest: str
-) -> ModelResult:
-    """Log the checkpoint as the pyfunc model of the tracker's run, register it as a new
-    version of charflow-<corpus>, and crown it if it is the best finished version.
-
-    The run's records reach the store first (its metrics are complete before its model
-    appears). When the store is away, the registration is journaled with a copy of the
-    checkpoint and done when the store answers again, or by `charflow sync RUN_DIR`:
-    the result then says `deferred`."""
-    checkpoint_path = Path(checkpoint_path)
-    if not checkpoint_path.is_file():
-        raise TrainingError(f"checkpoint not found: {checkpoint_path}")
-    if not tracker.drain(REGISTER_WAIT_SECONDS):
-        return _defer(tracker, checkpoint_path, val_loss, corpus_digest, "is not answering")
-    for attempt in range(REGISTER_TRIES):
-        try:
-            return register_version(
-                tracker.client,
-                corpus=tracker.corpus,
-                experiment_id=tracker.experiment_id,
-                run_id=tracker.run_id,
-                checkpoint_path=checkpoint_path,
-                val_loss=val_loss,
-                corpus_digest=corpus_digest,
-                # One id per run and val loss: a retry, or a resume that finishes a run killed
-                # after it registered, finds that version instead of adding another.
-                registration=f"{tracker.run_id}:{float(val_loss)!r}",
-            )
-        except Exception as err:
-            if not is_transient(err):
-                raise
-            if attempt == REGISTER_TRIES - 1:
-                what = f"failed ({reason(err)})"
-                return _defer(tracker, checkpoint_path, val_loss, corpus_digest, what)
-            time.sleep(2**attempt)
-    raise AssertionError("unreachable")
-
-
-def _defer(tracker, checkpoint_path: Path, val_loss: float, digest: str, what: str):
-    tracker.defer_registration(checkpoint_path, val_loss=val_loss, corpus_digest=digest)
-    later = (
-        f"`charflow sync {tracker.journal.folder}`"
-        if tracker.journal.folder is not None
-        else "nothing: this run has no folder to keep it in"
-    )
-    return ModelResult(
-        "",
-        False,
-        f"not registered yet: {tracker.label} {what}; it is registered when the store "
-        f"answers again (or by {later})",
-        deferred=True,
-    )
-
-
 def register_journaled(client: MlflowClient, record: dict, checkpoint_path: Path) -> None:
-    """A registration deferred by `register_model`, sent from the journal (at most one
-    version per registration id, however often it is replayed)."""
+    """A registration deferred by `training.registration.register_model`, sent from the
+    journal (at most one version per registration id, however often it is replayed)."""
     register_version(
         client,
         corpus=record["corpus"],

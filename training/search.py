@@ -147,7 +147,7 @@ def run_search(
             _trials_in_processes(sweep, search, plan, left, done, echo)
     except BaseException as err:  # the parent must not stay RUNNING
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        _end_parent(sweep, status)
+        _end_parent(sweep.parent_run_id, status)
         echo(f"search {sweep.name} stopped ({type(err).__name__}): parent run {status}; "
              f"the same command continues it")  # fmt: skip
         raise

@@ -257,7 +257,7 @@ def run_child(
         if not isinstance(err, TrainingError):  # a bug: its traceback goes to the child's log
             traceback.print_exc()
         reason = f"{type(err).__name__}: {err}".splitlines()[0][:1000]
-        run_id = _record_failure(sweep, cfg, name, run_tags, reason)
+        run_id = _record_failure(sweep.experiment_id, sweep.corpus, cfg, name, run_tags, reason)
         return ChildResult(index, name, run_id, "FAILED", reason, out_dir=str(out_dir))
     last = result.history[-1] if result.history else {}
     return ChildResult(

@@ -8,22 +8,20 @@ from __future__ import annotations
 import contextlib
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from training.config import TrainConfig
 from training.errors import TrainingError
 from training.mlflow_names import CHILD_TAG
 
-if TYPE_CHECKING:
-    from training.sweep import Sweep
-
 log = logging.getLogger(__name__)
 
 
-def _record_failure(sweep: Sweep, cfg: TrainConfig, name: str, tags: dict, reason: str):
-    """The failed child's run id: the run train() had begun (already FAILED, with its
-    `failure` tag), else a FAILED run made now (train() fails some checks before it starts
-    one). Best effort: the sweep goes on without it."""
+def _record_failure(
+    experiment_id: str, corpus: str, cfg: TrainConfig, name: str, tags: dict, reason: str
+):
+    """The failed child's run id in the sweep's experiment: the run train() had begun
+    (already FAILED, with its `failure` tag), else a FAILED run made now (train() fails some
+    checks before it starts one). Best effort: the sweep goes on without it."""
     from mlflow.entities import Param
 
     from training.mlflow_setup import mlflow_client
@@ -31,14 +29,14 @@ def _record_failure(sweep: Sweep, cfg: TrainConfig, name: str, tags: dict, reaso
     try:
         client = mlflow_client()
         found = client.search_runs(
-            [sweep.experiment_id], f"tags.`{CHILD_TAG}` = '{tags[CHILD_TAG]}'", max_results=1
+            [experiment_id], f"tags.`{CHILD_TAG}` = '{tags[CHILD_TAG]}'", max_results=1
         )
         if found:
             return found[0].info.run_id
-        run_tags = {**tags, "corpus": sweep.corpus, "failure": reason}
+        run_tags = {**tags, "corpus": corpus, "failure": reason}
         run_tags["mlflow.source.name"] = "charflow"
-        run_id = client.create_run(sweep.experiment_id, run_name=name, tags=run_tags).info.run_id
-        logged = {**cfg.to_params(), "corpus": sweep.corpus, "device": _device_name(cfg)}
+        run_id = client.create_run(experiment_id, run_name=name, tags=run_tags).info.run_id
+        logged = {**cfg.to_params(), "corpus": corpus, "device": _device_name(cfg)}
         params = [Param(k, str(v)) for k, v in logged.items()]
         client.log_batch(run_id, params=params)
         client.set_terminated(run_id, "FAILED")
@@ -58,11 +56,11 @@ def _device_name(cfg: TrainConfig) -> str:
         return cfg.device
 
 
-def _end_parent(sweep: Sweep, status: str) -> None:
+def _end_parent(parent_run_id: str, status: str) -> None:
     from training.mlflow_setup import mlflow_client
 
     with contextlib.suppress(Exception):
-        mlflow_client().set_terminated(sweep.parent_run_id, status)
+        mlflow_client().set_terminated(parent_run_id, status)
 
 
 def _attach_log(run_id: str, log_path: Path) -> None:

@@ -86,7 +86,7 @@ def run_sweep(
         results = _run_children(sweep, plan, echo)
     except BaseException as err:  # the parent must not stay RUNNING
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        _end_parent(sweep, status)
+        _end_parent(sweep.parent_run_id, status)
         echo(f"sweep {sweep.name} stopped ({type(err).__name__}): parent run {status}")
         raise
     return finish_sweep(sweep, results)

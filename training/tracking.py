@@ -2,7 +2,7 @@
 
 Every run uses the same param and metric names (`training.mlflow_names.METRICS`), so the
 MLflow UI can compare any two runs of a corpus side by side. The trained model is logged
-and registered by `training.registry.register_model(tracker, ...)`.
+and registered by `training.registration.register_model(tracker, ...)`.
 
 Tracking is best effort and never stops training. The store is checked once, when the
 tracker is made (a dead server is a one-line error within seconds). After that nothing the
@@ -328,7 +328,7 @@ class RunTracker:
         self, checkpoint_path: Path, *, val_loss: float, corpus_digest: str
     ) -> None:
         """Journal the registration of `checkpoint_path` (copied: a resumed run may overwrite
-        it) for when the store answers again (training.registry.register_model decides)."""
+        it) for when the store answers again (training.registration.register_model decides)."""
         path, rel = self.journal.new_file_slot(Path(checkpoint_path).name)
         shutil.copyfile(checkpoint_path, path)
         self._append(

@@ -250,7 +250,7 @@ def _log_run_outputs(tracker, run: Run, test_loss: float, report: Reporter) -> N
 
 def _register(tracker, run: Run, report: Reporter):
     """The best checkpoint as a version of charflow-<corpus>; champion if it is better."""
-    from training.registry import register_model
+    from training.registration import register_model
 
     s = run.state
     model = register_model(

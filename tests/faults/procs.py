@@ -22,7 +22,7 @@ import os, sys, time
 sys.path.insert(0, {repo!r})
 import mlflow, torch  # noqa: F401  (the slow part, before the start line)
 from training.tracking import RunTracker  # noqa: F401
-from training import registry  # noqa: F401
+from training import registration  # noqa: F401
 
 def barrier(name, extra=0):
     folder = os.path.join(os.environ["BARRIER_DIR"], name)

@@ -20,7 +20,7 @@ from mlflow import MlflowClient
 
 from tests.faults.procs import release, start_together, wait_all
 from tests.faults.servers import LaggyProxy, MlflowServer
-from training import registry
+from training import registration
 from training.tracking import RunTracker
 
 REGISTRARS = 5
@@ -36,7 +36,9 @@ for round_, loss in enumerate({losses!r}):
     ckpt = {ckpt!r} + f"-{{round_}}.pt"
     torch.save({{"model": {{"w": torch.randn(3)}}, "vocab": ["a"]}}, ckpt)
     with RunTracker({corpus!r}) as run:
-        result = registry.register_model(run, ckpt, val_loss=float(loss), corpus_digest="0" * 64)
+        result = registration.register_model(
+            run, ckpt, val_loss=float(loss), corpus_digest="0" * 64
+        )
     print("round", round_, result.version, result.is_champion, result.reason, flush=True)
 """
 
@@ -48,7 +50,7 @@ def first_champion(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, uri: str) ->
     ckpt = tmp_path / "best-first.pt"
     torch.save({"model": {"w": torch.zeros(3)}, "vocab": ["a"]}, ckpt)
     with RunTracker(CORPUS) as run:
-        assert registry.register_model(run, ckpt, val_loss=9.0, corpus_digest="0" * 64).version
+        assert registration.register_model(run, ckpt, val_loss=9.0, corpus_digest="0" * 64).version
 
 
 def start_registrars(tmp_path: Path, env: dict[str, str], rounds: list[list[float]]):

@@ -194,7 +194,7 @@ def test_training_outlives_a_server_outage(how, away_s, tmp_path, text_file) -> 
 def test_records_kept_while_the_server_is_away_are_sent_by_sync(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from training.registry import register_model
+    from training.registration import register_model
     from training.tracking import RunTracker
 
     root = tmp_path / "server"
