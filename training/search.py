@@ -38,7 +38,7 @@ from training.search_study import (
 from training.search_trial import describe_trial, run_trial
 from training.sweep import ChildResult, Sweep, finish_sweep
 from training.sweep_records import _attach_log, _end_parent
-from training.sweep_workers import _init_worker, _to_stderr, plan_workers
+from training.sweep_workers import _to_stderr, in_worker_processes, plan_workers
 from training.units import bits
 
 
@@ -162,32 +162,12 @@ def _all_trials(search: Search) -> list:
 
 
 def _trials_in_processes(sweep: Sweep, search: Search, plan, left: int, done: int, echo) -> None:
-    """At most plan.parallel trials at a time, each in a spawned process that asks the
-    study for its trial (the study's database is what they share)."""
-    import multiprocessing
-    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-
-    context = multiprocessing.get_context("spawn")
-    slots = context.Queue()
-    for slot in range(plan.parallel):
-        slots.put(slot if plan.gpus else None)
+    """Each trial in a worker process that asks the study for its trial (the study's
+    database is what they share)."""
     offset = len(_all_trials(search))
-    waiting, running, finished = list(range(left)), set(), 0
-    with ProcessPoolExecutor(
-        plan.parallel, mp_context=context, initializer=_init_worker, initargs=(slots, plan.threads)
-    ) as pool:
-        try:
-            while waiting or running:
-                while waiting and len(running) < plan.parallel:
-                    ordinal = waiting.pop(0)
-                    running.add(pool.submit(trial_in_worker, sweep, search, offset + ordinal))
-                completed, running = wait(running, return_when=FIRST_COMPLETED)
-                for future in completed:
-                    finished += 1
-                    echo(describe_trial(future.result(), done + finished, search.trials))
-        except BaseException:
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+    jobs = [(trial_in_worker, (sweep, search, offset + ordinal)) for ordinal in range(left)]
+    for finished, result in enumerate(in_worker_processes(plan, jobs), start=1):
+        echo(describe_trial(result, done + finished, search.trials))
 
 
 def trial_in_worker(sweep: Sweep, search: Search, seed_offset: int) -> ChildResult | None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,8 +104,18 @@ def _run_children(sweep: Sweep, plan: WorkerPlan, echo) -> list[ChildResult]:
 
 
 def _run_in_processes(sweep: Sweep, plan: WorkerPlan, echo) -> list[ChildResult]:
-    """At most plan.parallel children handed out at a time: a pool queues what it is given,
-    and after Ctrl-C a queued child would still start."""
+    results = []
+    jobs = [(_child_in_worker, (sweep, index)) for index in range(len(sweep.configs))]
+    for result in in_worker_processes(plan, jobs):
+        results.append(result)
+        echo(describe_result(result, len(results), len(sweep.configs)))
+    return results
+
+
+def in_worker_processes(plan: WorkerPlan, jobs: Sequence[tuple[Callable, tuple]]) -> Iterator:
+    """Each job `(function, args)` in a spawned worker process, at most plan.parallel at a
+    time, handed out one by one (a pool queues what it is given, and after Ctrl-C a queued
+    job would still start); their results as they complete."""
     import multiprocessing
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -113,22 +123,21 @@ def _run_in_processes(sweep: Sweep, plan: WorkerPlan, echo) -> list[ChildResult]
     slots = context.Queue()
     for slot in range(plan.parallel):  # each worker takes one slot: its GPU, if any
         slots.put(slot if plan.gpus else None)
-    waiting, running, results = list(range(len(sweep.configs))), set(), []
+    waiting, running = list(jobs), set()
     with ProcessPoolExecutor(
         plan.parallel, mp_context=context, initializer=_init_worker, initargs=(slots, plan.threads)
     ) as pool:
         try:
             while waiting or running:
                 while waiting and len(running) < plan.parallel:
-                    running.add(pool.submit(_child_in_worker, sweep, waiting.pop(0)))
+                    function, args = waiting.pop(0)
+                    running.add(pool.submit(function, *args))
                 done, running = wait(running, return_when=FIRST_COMPLETED)
                 for future in done:
-                    results.append(future.result())
-                    echo(describe_result(results[-1], len(results), len(sweep.configs)))
+                    yield future.result()
         except BaseException:  # Ctrl-C reached the workers too: they save and stop
             pool.shutdown(wait=True, cancel_futures=True)
             raise
-    return results
 
 
 def _init_worker(slots, threads: int) -> None:
