@@ -360,14 +360,6 @@ def parse_heading(line: str) -> Heading | None:
     return None
 
 
-def heading_of(line: str) -> tuple[int, str] | None:
-    """(number, title) if `line` is a chapter heading such as '第三十五回　…'."""
-    heading = parse_heading(line)
-    if heading is None or heading.level != "chapter":
-        return None
-    return heading.number, heading.title
-
-
 def is_ad(text: str) -> bool:
     """A short line with a URL, an e-mail address or a download site's phrase."""
     if len(text) > _MAX_AD_CHARS:
