@@ -43,8 +43,6 @@ from cleaners.removed import Removed
 
 # ---------------------------------------------------------------------------- decoding
 
-# The codecs a Chinese text file comes in (UTF-16 is read by its BOM, or by its NULs).
-CANDIDATE_ENCODINGS = ("utf_8", "gbk", "gb18030", "big5", "utf_16")
 # Each family is tried narrowest first; the first strict decode in a family stands for it.
 _FAMILIES = (("gbk", "gb18030"), ("big5", "cp950", "big5hkscs"))
 _BOMS = (

@@ -59,25 +59,6 @@ NO_AREA = 0
 DETAILS = ("shot", "shot+area")
 SIDES = ("A", "B")  # A: the match winner, B: the loser (the dataset's convention)
 
-# Why a rally ended, as recorded for the player who lost it (lose_reason) and won it
-# (win_reason); English glosses for the values ShuttleSet uses, None for any other.
-REASONS_EN = {
-    "對手落地致勝": "the opponent's shot landed in",
-    "出界": "out",
-    "掛網": "into the net",
-    "未過網": "did not cross the net",
-    "落點判斷失誤": "misjudged the landing spot",
-    "對手落地判斷失誤": "the opponent misjudged the landing spot",
-    "犯規": "fault",
-    "落地致勝": "landed in, winner",
-    "對手出界": "the opponent hit out",
-    "對手掛網": "the opponent hit the net",
-    "對手未過網": "the opponent did not cross the net",
-    "對手落點判斷失誤": "the opponent misjudged the landing spot",
-    "落地判斷失誤": "misjudged the landing spot",
-    "對手犯規": "the opponent's fault",
-}
-
 MATCH_COLUMNS = ("video", "set", "winner", "loser")
 MATCH_DETAILS = ("tournament", "round", "year", "month", "day")  # kept when present
 STROKE_COLUMNS = ("rally", "player", "type", "roundscore_A", "roundscore_B")
@@ -181,9 +162,7 @@ def parse_matches(data: bytes, name: str) -> list[Match]:
     """The rows of match.csv, in file order."""
     frame = read_table(data, name)
     cols = {k: v.tolist() for k, v in _columns(frame, MATCH_COLUMNS, name).items()}
-    optional = {
-        k: _optional_column(frame, k) for k in ("tournament", "round", "year", "month", "day")
-    }
+    optional = {k: _optional_column(frame, k) for k in MATCH_DETAILS}
     matches, seen = [], set()
     for i in range(len(frame)):
         row = i + 1

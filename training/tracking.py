@@ -248,11 +248,6 @@ class RunTracker:
             time.sleep(0.05)
         return True
 
-    @property
-    def healthy(self) -> bool:
-        """The store is answering (as far as the last send knows)."""
-        return self._sender is not None and self._sender.away_since is None
-
     def _append(self, record: dict) -> None:
         self.journal.append({"run_id": self.run_id, **record})
         if self._sender is not None:
