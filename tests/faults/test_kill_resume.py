@@ -5,8 +5,10 @@ evaluation logged exactly once, FINISHED, and one registered version (issue 15).
 The real `charflow train` on a SQLite store, killed 20 times at moments drawn from a seeded
 generator. A moment is a delay after something the training says, so that the kills land
 in every phase however fast the machine is: after the start (imports, the store check,
-the run's creation), after `MLflow run …` (training steps, evaluations, checkpoints being
-written, the journal and its sender), after `stopped (…)` (test loss, samples, the loss
+the run's creation), after `MLflow run …` (before the first checkpoint), after a segment's
+first `step …` line (training steps, evaluations, checkpoints being written, the journal
+and its sender: anchored to an evaluation, not to the clock, so that a loaded machine
+still gets kills past the first checkpoint), after `stopped (…)` (test loss, samples, the loss
 curve) and after `samples: …` (the registration). Each kill is followed by `--resume`;
 a run killed before its first checkpoint has nothing to resume (`--resume` says so in one
 line) and starts again in its folder, whose new tracker ends the dead run KILLED.
@@ -33,7 +35,7 @@ from tests.faults.servers import QUIET_ENV
 
 CHARFLOW = Path(sys.executable).with_name("charflow")
 CORPUS = "killed"
-MAX_STEPS = 240
+MAX_STEPS = 400  # more than the 13 training segments reach (<= ~25 steps each on an idle core)
 EVAL_EVERY = 10  # an evaluation and a checkpoint every ~0.3 s of training
 KILLS = 20
 # A model big enough that training takes seconds (~35 ms a step on one idle core): most
@@ -57,7 +59,7 @@ def kill_moments(seed: int) -> list[tuple[str, float]]:
     rng = random.Random(seed)
     middle = [("", rng.uniform(0.5, 4.5)) for _ in range(3)]  # a resume's start, or first steps
     # training: steps, evaluations, checkpoints being written, the journal's sender
-    middle += [("MLflow run ", rng.uniform(0.0, 0.8)) for _ in range(KILLS - 7)]
+    middle += [("step ", rng.uniform(0.0, 0.5)) for _ in range(KILLS - 7)]
     rng.shuffle(middle)
     return [
         ("", rng.uniform(0.3, 2.5)),  # imports: nothing written yet
